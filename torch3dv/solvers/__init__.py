@@ -1,0 +1,1 @@
+"""Minimal and linear geometric solvers, one module per problem (batched, masked, differentiable)."""

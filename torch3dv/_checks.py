@@ -130,16 +130,20 @@ def prepare_correspondences(
         check_float(weights, "weights")
         check_same_device_dtype({"weights": weights, "points": first})
         w = w * weights
-    used = w != 0
+    # one reduction per tensor: a row sum is finite iff every coordinate is (barring overflow of |x| ~ 1e38)
     ok_rows = torch.isfinite(w)
     for v in points.values():
-        ok_rows = ok_rows & torch.isfinite(v).all(-1)
+        ok_rows = ok_rows & torch.isfinite(v.sum(-1))
+    if mask is None and weights is None and bool(ok_rows.all()):
+        # fast path: nothing to clean
+        return Correspondences(tuple(points.values()), w, torch.ones(lead[:-1], dtype=torch.bool, device=w.device))
+    used = w != 0
     # a non-finite row that is actually used poisons only its own problem
     finite = ~(used & ~ok_rows).any(-1)
     keep = ok_rows & used
-    w = torch.where(keep, w, torch.zeros((), dtype=w.dtype, device=w.device))
-    cleaned = tuple(torch.where(keep[..., None], v, torch.zeros((), dtype=v.dtype, device=v.device))
-                    for v in points.values())
+    zero = torch.zeros((), dtype=w.dtype, device=w.device)
+    w = torch.where(keep, w, zero)
+    cleaned = tuple(torch.where(keep[..., None], v, zero.to(v.dtype)) for v in points.values())
     return Correspondences(cleaned, w, finite)
 
 

@@ -1,0 +1,293 @@
+"""Public robust estimators: pixels (or metres) in, typed and batched results out.
+
+Each function accepts any leading batch shape ``*B``, padded correspondences with a ``mask``, optional match
+``scores`` (PROSAC-style ordering) and ``weights`` (confidences that scale each correspondence in the final
+refit), and returns a NamedTuple with per-problem ``success``.
+
+Gradients: hypothesis generation, scoring and local optimisation run without gradient; the returned model
+is the final weighted refit / polish on the inliers, computed with gradient. So gradients flow from the result
+to the correspondences (and to ``weights``) through the final least-squares problem on the selected inliers,
+which for a converged polish is the implicit derivative of that weighted fit (the inlier set itself is a
+discrete choice and has no gradient).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from torch3dv._checks import check_intrinsics, check_same_device_dtype, prepare_correspondences
+from torch3dv.camera.pinhole import bearing_vectors, intrinsics_inverse, pixels_to_normalized
+from torch3dv.ransac.estimator import RansacOptions, ransac
+from torch3dv.ransac.models import (
+    AbsolutePoseModel,
+    EssentialModel,
+    FundamentalModel,
+    HomographyModel,
+    RigidModel,
+)
+from torch3dv.solvers.essential import recover_pose
+
+
+class RelativePoseEstimate(NamedTuple):
+    """``cam2_from_cam1`` from :func:`estimate_relative_pose`.
+
+    Attributes:
+        R: (*B, 3, 3) rotation. t: (*B, 3) unit translation direction. E: (*B, 3, 3) essential matrix.
+        inliers: (*B, N) bool. num_inliers: (*B,). success: (*B,).
+    """
+
+    R: Tensor
+    t: Tensor
+    E: Tensor
+    inliers: Tensor
+    num_inliers: Tensor
+    success: Tensor
+
+
+class FundamentalEstimate(NamedTuple):
+    """F with x2^T F x1 = 0 (*B, 3, 3); inliers (*B, N); num_inliers (*B,); success (*B,)."""
+
+    F: Tensor
+    inliers: Tensor
+    num_inliers: Tensor
+    success: Tensor
+
+
+class HomographyEstimate(NamedTuple):
+    """H with x2 ~ H x1 (*B, 3, 3), H[2, 2] = 1; inliers (*B, N); num_inliers (*B,); success (*B,)."""
+
+    H: Tensor
+    inliers: Tensor
+    num_inliers: Tensor
+    success: Tensor
+
+
+class AbsolutePoseEstimate(NamedTuple):
+    """``cam_from_world`` (R (*B, 3, 3), t (*B, 3)); inliers (*B, N); num_inliers (*B,); success (*B,)."""
+
+    R: Tensor
+    t: Tensor
+    inliers: Tensor
+    num_inliers: Tensor
+    success: Tensor
+
+
+class RigidEstimate(NamedTuple):
+    """Y ≈ s R X + t: R (*B, 3, 3), t (*B, 3), s (*B,); inliers (*B, N); num_inliers (*B,); success (*B,)."""
+
+    R: Tensor
+    t: Tensor
+    s: Tensor
+    inliers: Tensor
+    num_inliers: Tensor
+    success: Tensor
+
+
+def _options(options: RansacOptions | None, threshold: float | None, default_threshold: float,
+             **overrides) -> RansacOptions:
+    opts = options or RansacOptions(threshold=default_threshold, **overrides)
+    if threshold is not None:
+        from dataclasses import replace
+
+        opts = replace(opts, threshold=threshold)
+    return opts
+
+
+def _flatten(x: Tensor, lead: torch.Size, event: int) -> Tensor:
+    """Broadcasts x (..., *event_shape) to (*lead, *event_shape) and flattens the batch: (M, *event_shape)."""
+    ev = x.shape[x.ndim - event:]
+    return x.expand(*lead, *ev).reshape(lead.numel(), *ev)
+
+
+def _intrinsics(K: Tensor, name: str, lead: torch.Size, ref: Tensor) -> Tensor:
+    check_intrinsics(K, name)
+    check_same_device_dtype({name: K, "points": ref})
+    try:
+        torch.broadcast_shapes(K.shape[:-2], lead)
+    except RuntimeError as exc:
+        raise ValueError(f"{name} with batch shape {tuple(K.shape[:-2])} does not broadcast to {tuple(lead)}") from exc
+    return _flatten(K, lead, 2)
+
+
+def _finite_K(K: Tensor) -> Tensor:
+    return torch.isfinite(K).flatten(-2).all(-1) & (K[..., 0, 0].abs() > 0) & (K[..., 1, 1].abs() > 0)
+
+
+def _safe_K(K: Tensor, ok: Tensor) -> Tensor:
+    eye = torch.eye(3, dtype=K.dtype, device=K.device).expand_as(K)
+    return torch.where(ok[:, None, None], K, eye)
+
+
+def _prepare(points: dict, dims: dict, weights, mask, scores):
+    prep = prepare_correspondences(points, dims, weights=weights, mask=mask)
+    first = next(iter(points.values()))
+    lead = first.shape[:-2]
+    N = first.shape[-2]
+    M = lead.numel()
+    flat = tuple(p.reshape(M, N, p.shape[-1]) for p in prep.points)
+    w = prep.weights.reshape(M, N)
+    valid = (w > 0) & prep.finite.reshape(M, 1)
+    pr = None
+    if scores is not None:
+        if scores.shape != first.shape[:-1]:
+            raise ValueError(f"scores must have shape (*B, N) = {tuple(first.shape[:-1])}, got {tuple(scores.shape)}")
+        pr = torch.nan_to_num(scores.reshape(M, N).detach(), nan=-torch.inf)
+    return flat, w, valid, pr, lead, N
+
+
+def _unflatten(x: Tensor, lead: torch.Size) -> Tensor:
+    return x.reshape(*lead, *x.shape[1:])
+
+
+def estimate_relative_pose(
+    x1: Tensor,
+    x2: Tensor,
+    K1: Tensor,
+    K2: Tensor,
+    threshold: float | None = None,
+    mask: Tensor | None = None,
+    weights: Tensor | None = None,
+    scores: Tensor | None = None,
+    options: RansacOptions | None = None,
+) -> RelativePoseEstimate:
+    """Robust relative pose from pixel correspondences of two calibrated cameras (5-point RANSAC).
+
+    Args:
+        x1, x2: corresponding pixels in image 1 and 2, (*B, N, 2) (README, "Conventions").
+        K1, K2: pinhole intrinsics (*B, 3, 3) or broadcastable (e.g. (3, 3)). For distorted images, first
+            map pixels with ``torch3dv.camera.undistort_pixels``.
+        threshold: inlier threshold on the Sampson error, pixels (default 1.0 or ``options.threshold``).
+        mask: (*B, N) bool, False for padding rows.
+        weights: (*B, N) non-negative confidences used in the final refit (gradients flow to them).
+        scores: (*B, N) match scores, higher first, for PROSAC-style sampling (needs ``options.prosac_growth``).
+        options: :class:`RansacOptions`.
+
+    Returns:
+        :class:`RelativePoseEstimate` with ``cam2_from_cam1`` (R, unit t).
+    """
+    (x1f, x2f), w, valid, pr, lead, N = _prepare({"x1": x1, "x2": x2}, {"x1": 2, "x2": 2}, weights, mask, scores)
+    K1f, K2f = _intrinsics(K1, "K1", lead, x1), _intrinsics(K2, "K2", lead, x1)
+    okK = _finite_K(K1f) & _finite_K(K2f)
+    K1f, K2f = _safe_K(K1f, okK), _safe_K(K2f, okK)
+    valid = valid & okK[:, None]
+    opts = _options(options, threshold, 1.0)
+    x1n, x2n = pixels_to_normalized(x1f, K1f), pixels_to_normalized(x2f, K2f)
+    ctx = (intrinsics_inverse(K1f), intrinsics_inverse(K2f))
+    out = ransac(EssentialModel(), (x1n, x2n, x1f, x2f), ctx, valid, opts, priority=pr,
+                 refit_weights=w)
+    pose = recover_pose(out.params, x1n, x2n, mask=out.inliers)
+    inl = out.inliers
+    success = out.success & pose.success
+    return RelativePoseEstimate(
+        _unflatten(pose.R, lead), _unflatten(pose.t, lead), _unflatten(out.params, lead), _unflatten(inl, lead),
+        _unflatten(inl.sum(-1), lead), _unflatten(success, lead))
+
+
+def estimate_fundamental(
+    x1: Tensor,
+    x2: Tensor,
+    threshold: float | None = None,
+    mask: Tensor | None = None,
+    weights: Tensor | None = None,
+    scores: Tensor | None = None,
+    options: RansacOptions | None = None,
+) -> FundamentalEstimate:
+    """Robust fundamental matrix from pixel correspondences (7-point RANSAC, 8-point LO, IRLS polish).
+
+    Args:
+        x1, x2: pixels (*B, N, 2). threshold: Sampson error threshold in pixels (default 1.0).
+        mask, weights, scores, options: as in :func:`estimate_relative_pose`.
+    """
+    (x1f, x2f), w, valid, pr, lead, N = _prepare({"x1": x1, "x2": x2}, {"x1": 2, "x2": 2}, weights, mask, scores)
+    opts = _options(options, threshold, 1.0)
+    out = ransac(FundamentalModel(), (x1f, x2f), (), valid, opts, priority=pr, refit_weights=w)
+    F = out.params / out.params.flatten(1).norm(dim=-1).clamp_min(torch.finfo(out.params.dtype).tiny)[:, None, None]
+    return FundamentalEstimate(_unflatten(F, lead), _unflatten(out.inliers, lead),
+                               _unflatten(out.inliers.sum(-1), lead), _unflatten(out.success, lead))
+
+
+def estimate_homography(
+    x1: Tensor,
+    x2: Tensor,
+    threshold: float | None = None,
+    mask: Tensor | None = None,
+    weights: Tensor | None = None,
+    scores: Tensor | None = None,
+    options: RansacOptions | None = None,
+) -> HomographyEstimate:
+    """Robust homography x2 ~ H x1 from pixel correspondences (4-point RANSAC, DLT LO, IRLS polish).
+
+    Args:
+        x1, x2: pixels (*B, N, 2). threshold: one-way transfer error threshold in pixels (default 2.0).
+        mask, weights, scores, options: as in :func:`estimate_relative_pose`.
+    """
+    (x1f, x2f), w, valid, pr, lead, N = _prepare({"x1": x1, "x2": x2}, {"x1": 2, "x2": 2}, weights, mask, scores)
+    opts = _options(options, threshold, 2.0)
+    out = ransac(HomographyModel(), (x1f, x2f), (), valid, opts, priority=pr, refit_weights=w)
+    H = out.params
+    h22 = H[:, 2, 2]
+    scale = torch.where(h22.abs() > 1e-12, h22, torch.ones_like(h22))
+    H = H / scale[:, None, None]
+    return HomographyEstimate(_unflatten(H, lead), _unflatten(out.inliers, lead),
+                              _unflatten(out.inliers.sum(-1), lead), _unflatten(out.success, lead))
+
+
+def estimate_absolute_pose(
+    x: Tensor,
+    X: Tensor,
+    K: Tensor,
+    threshold: float | None = None,
+    mask: Tensor | None = None,
+    weights: Tensor | None = None,
+    scores: Tensor | None = None,
+    options: RansacOptions | None = None,
+) -> AbsolutePoseEstimate:
+    """Robust PnP: ``cam_from_world`` from pixels and world points (P3P RANSAC, EPnP LO, LM polish).
+
+    Args:
+        x: pixels (*B, N, 2). X: world points (*B, N, 3), metres. K: intrinsics (*B, 3, 3) or broadcastable.
+        threshold: reprojection error threshold in pixels (default 2.0).
+        mask, weights, scores, options: as in :func:`estimate_relative_pose`.
+    """
+    (xf, Xf), w, valid, pr, lead, N = _prepare({"x": x, "X": X}, {"x": 2, "X": 3}, weights, mask, scores)
+    Kf = _intrinsics(K, "K", lead, x)
+    okK = _finite_K(Kf)
+    Kf = _safe_K(Kf, okK)
+    valid = valid & okK[:, None]
+    opts = _options(options, threshold, 2.0)
+    f = bearing_vectors(xf, Kf)
+    out = ransac(AbsolutePoseModel(), (xf, Xf, f), (Kf,), valid, opts, priority=pr, refit_weights=w)
+    R, t = out.params[..., :3], out.params[..., 3]
+    return AbsolutePoseEstimate(_unflatten(R, lead), _unflatten(t, lead), _unflatten(out.inliers, lead),
+                                _unflatten(out.inliers.sum(-1), lead), _unflatten(out.success, lead))
+
+
+def estimate_rigid(
+    X: Tensor,
+    Y: Tensor,
+    with_scale: bool = False,
+    threshold: float | None = None,
+    mask: Tensor | None = None,
+    weights: Tensor | None = None,
+    scores: Tensor | None = None,
+    options: RansacOptions | None = None,
+) -> RigidEstimate:
+    """Robust 3D-3D alignment Y ≈ s R X + t (3-point RANSAC, weighted Kabsch / Umeyama refits).
+
+    Args:
+        X, Y: corresponding 3D points (*B, N, 3), metres. with_scale: estimate s (Umeyama), else s = 1.
+        threshold: Euclidean residual threshold in metres (default 0.05).
+        mask, weights, scores, options: as in :func:`estimate_relative_pose`.
+    """
+    (Xf, Yf), w, valid, pr, lead, N = _prepare({"X": X, "Y": Y}, {"X": 3, "Y": 3}, weights, mask, scores)
+    opts = _options(options, threshold, 0.05)
+    out = ransac(RigidModel(with_scale), (Xf, Yf), (), valid, opts, priority=pr, refit_weights=w)
+    A, t = out.params[..., :3], out.params[..., 3]
+    s = torch.linalg.det(A).abs().clamp_min(0).pow(1.0 / 3.0) if with_scale else torch.ones_like(A[:, 0, 0])
+    R = A / torch.where(s > 0, s, torch.ones_like(s))[:, None, None]
+    return RigidEstimate(_unflatten(R, lead), _unflatten(t, lead), _unflatten(s, lead),
+                         _unflatten(out.inliers, lead), _unflatten(out.inliers.sum(-1), lead),
+                         _unflatten(out.success, lead))

@@ -1,0 +1,258 @@
+"""The batched robust estimator: M problems x H hypotheses per round as tensor ops.
+
+A round draws H minimal samples for every still-running problem, solves them all in one batched call of the
+model's minimal solver, scores every solution against every point of its problem, and keeps the best model per
+problem. Each problem stops on its own (adaptive termination from its best inlier ratio and the requested
+confidence) while the others continue; only unfinished problems are computed in later rounds. Problems are
+processed in chunks so that the (problems x hypotheses x solutions x points) residual tensor stays below
+``max_elements``. Afterwards, local optimisation (iterated weighted refits on the inliers, LO-RANSAC) and an
+optional final polish (Levenberg-Marquardt via the model) run batched over all problems.
+
+Models implement :class:`RobustModel`; see ``torch3dv.ransac.models`` for the built-in ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+
+from torch3dv.ransac.sampling import progressive_pool, sample_subsets, valid_first_order
+from torch3dv.ransac.scoring import SCORES, inlier_mask, inlier_weights, score_residuals
+
+
+@dataclass(frozen=True)
+class RansacOptions:
+    """Options of :func:`ransac`.
+
+    Attributes:
+        threshold: inlier threshold in residual units (pixels for image residuals, metres for 3D).
+        confidence: probability of having drawn at least one all-inlier sample, for adaptive termination.
+        min_iterations: hypotheses drawn per problem at least.
+        max_iterations: hypotheses drawn per problem at most.
+        hypotheses_per_round: H, minimal samples per problem per round (the termination check granularity).
+        score: "inliers", "msac" or "magsac" (MAGSAC++).
+        local_optimization: LO iterations (weighted refits on the inliers of the best model); 0 disables.
+        final_refine: run the model's nonlinear polish (e.g. LM on Sampson error) on the final inliers.
+        prosac_growth: when match scores are given, hypotheses over which the sampling pool grows from the best
+            matches to all of them (PROSAC-style); 0 disables.
+        max_elements: memory bound: residual entries evaluated at once (problems x hypotheses x solutions x N).
+        seed: base seed; problem i uses seed + i unless per-problem seeds are passed.
+    """
+
+    threshold: float = 1.0
+    confidence: float = 0.9999
+    min_iterations: int = 64
+    max_iterations: int = 10000
+    hypotheses_per_round: int = 64
+    score: str = "msac"
+    local_optimization: int = 3
+    final_refine: bool = True
+    prosac_growth: int = 0
+    max_elements: int = 1 << 25
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
+        if not (0.0 < self.confidence < 1.0):
+            raise ValueError("confidence must be in (0, 1)")
+        if self.threshold <= 0 or not math.isfinite(self.threshold):
+            raise ValueError("threshold must be positive and finite")
+        if self.hypotheses_per_round < 1 or self.max_iterations < 1:
+            raise ValueError("hypotheses_per_round and max_iterations must be >= 1")
+
+
+class RobustModel(Protocol):
+    """What :func:`ransac` needs from a model.
+
+    Data tensors are (M, N, d_i) (or (M, k, d_i) for samples); context tensors are per-problem (M, ...).
+    Parameters of one model are a tensor of shape (*param_shape).
+    """
+
+    sample_size: int
+    max_solutions: int
+    param_shape: tuple[int, ...]
+    dof: int
+
+    def minimal(self, sample: tuple[Tensor, ...], ctx: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """(M, k, d_i) samples -> params (M, S, *param_shape), valid (M, S)."""
+
+    def residuals(self, params: Tensor, data: tuple[Tensor, ...], ctx: tuple[Tensor, ...]) -> Tensor:
+        """params (M, H, *param_shape), data (M, N, d_i) -> squared residuals (M, H, N)."""
+
+    def refit(self, data: tuple[Tensor, ...], weights: Tensor, ctx: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """Weighted non-minimal fit: weights (M, N) -> params (M, *param_shape), success (M,)."""
+
+    def polish(self, params: Tensor, data: tuple[Tensor, ...], weights: Tensor,
+               ctx: tuple[Tensor, ...]) -> Tensor:
+        """Nonlinear refinement of params (M, *param_shape) on weighted data; returns refined params."""
+
+
+class RansacOutput(NamedTuple):
+    """Result of :func:`ransac` for M problems.
+
+    Attributes:
+        params: best model per problem (M, *param_shape); zeros where no model was found.
+        inliers: (M, N) bool inliers of the returned model.
+        score: (M,) score of the returned model (higher is better; -inf where none).
+        num_hypotheses: (M,) minimal samples drawn.
+        success: (M,) bool: a model with more inliers than the minimal sample was found.
+    """
+
+    params: Tensor
+    inliers: Tensor
+    score: Tensor
+    num_hypotheses: Tensor
+    success: Tensor
+
+
+def required_iterations(inlier_ratio: Tensor, k: int, confidence: float) -> Tensor:
+    """Samples needed to draw one all-inlier k-sample with the given confidence: log(1-p) / log(1-w^k)."""
+    wk = inlier_ratio.double().clamp(0.0, 1.0) ** k
+    denom = torch.log1p(-wk.clamp(max=1 - 1e-12))
+    n = math.log(1.0 - confidence) / denom.clamp(max=-1e-300)
+    return torch.where(wk > 0, n, torch.full_like(n, float("inf")))
+
+
+def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """x (C, N, d), idx (C, H, k) -> (C, H, k, d)."""
+    C, H, k = idx.shape
+    g = torch.gather(x, 1, idx.reshape(C, H * k, 1).expand(C, H * k, x.shape[-1]))
+    return g.reshape(C, H, k, x.shape[-1])
+
+
+def _score_params(model: RobustModel, params: Tensor, data, ctx, valid: Tensor, opts: RansacOptions,
+                  threshold: Tensor) -> tuple[Tensor, Tensor]:
+    """params (M, *P) -> (score (M,), r2 (M, N))."""
+    r2 = model.residuals(params[:, None], data, ctx)[:, 0]
+    return score_residuals(r2, valid, threshold, opts.score, model.dof), r2
+
+
+def ransac(
+    model: RobustModel,
+    data: tuple[Tensor, ...],
+    ctx: tuple[Tensor, ...],
+    valid: Tensor,
+    options: RansacOptions,
+    threshold: Tensor | None = None,
+    priority: Tensor | None = None,
+    seeds: Tensor | None = None,
+    refit_weights: Tensor | None = None,
+) -> RansacOutput:
+    """Runs the robust estimator on M problems with N (padded) data points each.
+
+    Args:
+        model: the model (minimal solver, residuals, refit, polish).
+        data: per-point tensors (M, N, d_i), already cleaned (finite in valid rows).
+        ctx: per-problem tensors (M, ...).
+        valid: (M, N) bool, real points.
+        options: :class:`RansacOptions`.
+        threshold: optional per-problem thresholds (M,) overriding ``options.threshold``.
+        priority: optional (M, N) match scores (higher first) for PROSAC-style sampling.
+        seeds: optional (M,) int64 per-problem seeds (default ``options.seed + arange(M)``).
+        refit_weights: optional (M, N) confidences multiplying the inlier weights of the local optimisation and
+            the final polish (not the hypothesis scores); gradients flow to them through the polish.
+
+    Returns:
+        :class:`RansacOutput`.
+    """
+    M, N = valid.shape
+    device = valid.device
+    ref = data[0]
+    k, S, H = model.sample_size, model.max_solutions, options.hypotheses_per_round
+    th = torch.full((M,), options.threshold, dtype=ref.dtype, device=device) if threshold is None else threshold
+    if seeds is None:
+        seeds = options.seed + torch.arange(M, dtype=torch.int64, device=device)
+    n_valid = valid.sum(-1)
+    order = valid_first_order(valid, priority)
+    growth = options.prosac_growth if priority is not None else 0
+
+    best = torch.zeros(M, *model.param_shape, dtype=ref.dtype, device=device)
+    best_score = torch.full((M,), -math.inf, dtype=ref.dtype, device=device)
+    best_count = torch.zeros(M, dtype=torch.int64, device=device)
+    done = torch.zeros(M, dtype=torch.int64, device=device)
+    needed = torch.full((M,), float(options.max_iterations), dtype=torch.float64, device=device)
+    feasible = n_valid >= k
+    chunk = max(1, options.max_elements // max(1, H * S * N))
+
+    with torch.no_grad():
+        rnd = 0
+        while True:
+            limit = torch.maximum(needed, torch.full_like(needed, float(options.min_iterations)))
+            limit = limit.clamp(max=float(options.max_iterations))
+            running = feasible & (done.double() < limit)
+            act = running.nonzero().squeeze(-1)
+            if act.numel() == 0:
+                break
+            for I in act.split(chunk):
+                C = I.numel()
+                pool = progressive_pool(n_valid[I], k, done[I], growth)
+                ranks = sample_subsets(pool, k, H, seeds[I], rnd)
+                idx = torch.gather(order[I], 1, ranks.reshape(C, H * k)).reshape(C, H, k)
+                d_I = tuple(x[I] for x in data)
+                c_I = tuple(c[I] for c in ctx)
+                sample = tuple(_gather_rows(x, idx).reshape(C * H, k, x.shape[-1]) for x in d_I)
+                c_rep = tuple(c.repeat_interleave(H, dim=0) for c in c_I)
+                params, pvalid = model.minimal(sample, c_rep)
+                params = params.reshape(C, H * S, *model.param_shape)
+                pvalid = pvalid.reshape(C, H * S) & torch.isfinite(params.flatten(2)).all(-1)
+                params = torch.where(pvalid.reshape(C, H * S, *([1] * len(model.param_shape))), params,
+                                     torch.zeros((), dtype=params.dtype, device=device))
+                r2 = model.residuals(params, d_I, c_I)  # (C, H*S, N)
+                sc = score_residuals(r2, valid[I][:, None, :], th[I][:, None], options.score, model.dof)
+                sc = torch.where(pvalid, sc, torch.full_like(sc, -math.inf))
+                top, arg = sc.max(dim=-1)
+                better = top > best_score[I]
+                if better.any():
+                    bI = I[better]
+                    best[bI] = params[better, arg[better]]
+                    best_score[bI] = top[better]
+                    r2b = r2[better, arg[better]]
+                    cnt = inlier_mask(r2b, valid[bI], th[bI]).sum(-1)
+                    best_count[bI] = cnt
+                    ratio = cnt.double() / n_valid[bI].clamp_min(1).double()
+                    needed[bI] = required_iterations(ratio, k, options.confidence)
+            done[act] += H
+            rnd += 1
+
+        # local optimisation: iterated weighted refits on the inliers of the best model
+        has = best_score > -math.inf
+        score, r2 = _score_params(model, best, data, ctx, valid, options, th)
+        score = torch.where(has, score, best_score)
+        for _ in range(options.local_optimization):
+            w = inlier_weights(r2, valid, th, options.score, model.dof)
+            if refit_weights is not None:
+                w = w * refit_weights.detach()
+            cand, ok = model.refit(data, w, ctx)
+            ok = ok & has & torch.isfinite(cand.flatten(1)).all(-1)
+            cs, cr2 = _score_params(model, cand, data, ctx, valid, options, th)
+            take = ok & (cs > score)
+            if not take.any():
+                break
+            shp = (M,) + (1,) * len(model.param_shape)
+            best = torch.where(take.reshape(shp), cand, best)
+            score = torch.where(take, cs, score)
+            r2 = torch.where(take[:, None], cr2, r2)
+
+    if options.final_refine and hasattr(model, "polish"):
+        w = inlier_weights(r2, valid, th, "msac", model.dof)
+        if refit_weights is not None:
+            w = w * refit_weights
+        pol = model.polish(best, data, w, ctx)
+        ok = has & torch.isfinite(pol.flatten(1)).all(-1)
+        with torch.no_grad():
+            ps, pr2 = _score_params(model, pol.detach(), data, ctx, valid, options, th)
+        # keep the polished model unless it loses a noticeable part of the support
+        take = ok & (ps >= score - 1e-3 * score.abs() - 1e-9)
+        shp = (M,) + (1,) * len(model.param_shape)
+        best = torch.where(take.reshape(shp), pol, best)
+        score = torch.where(take, ps, score)
+        r2 = torch.where(take[:, None], pr2, r2)
+
+    inl = inlier_mask(r2.detach(), valid, th) & has[:, None]
+    success = has & (inl.sum(-1) > k)
+    return RansacOutput(best, inl, score, done, success)

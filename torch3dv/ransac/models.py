@@ -1,0 +1,225 @@
+"""Built-in robust models for :func:`torch3dv.ransac.estimator.ransac`.
+
+Each model wires a minimal solver, a residual (squared, in pixels or metres), a weighted non-minimal refit and
+a polish step. The polish of the epipolar and homography models is iteratively reweighted least squares: a
+linear solver whose rows are weighted by 1 / (the first-order scale of their algebraic error), so that at its
+fixed point it minimises the Sampson error (E, F) or the one-way transfer error (H) in pixels. The PnP model
+polishes with Levenberg-Marquardt on the reprojection error.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from torch3dv.camera.pinhole import intrinsics_inverse
+from torch3dv.solvers.essential import essential_5point, essential_8point
+from torch3dv.solvers.fundamental import fundamental_7point, fundamental_8point
+from torch3dv.solvers.homography import homography_4point, homography_dlt
+from torch3dv.solvers.pnp import epnp, p3p, refine_pnp
+from torch3dv.solvers.rigid import kabsch, umeyama
+
+
+def _h(x: Tensor) -> Tensor:
+    return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
+
+
+def sampson_sq(F: Tensor, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    """Squared Sampson error and its denominator. F (M, H, 3, 3), x (M, N, 2) -> (M, H, N) each."""
+    a, b = _h(x1)[:, None], _h(x2)[:, None]  # (M, 1, N, 3)
+    Fx1 = a @ F.transpose(-1, -2)  # (M, H, N, 3)
+    Ftx2 = b @ F
+    num = (b * Fx1).sum(-1)
+    den = Fx1[..., 0] ** 2 + Fx1[..., 1] ** 2 + Ftx2[..., 0] ** 2 + Ftx2[..., 1] ** 2
+    den = den.clamp_min(torch.finfo(F.dtype).tiny)
+    return num * num / den, den
+
+
+def _E_to_F(E: Tensor, K1inv: Tensor, K2inv: Tensor) -> Tensor:
+    """E (M, H, 3, 3), K^-1 (M, 3, 3) -> F (M, H, 3, 3)."""
+    return K2inv.transpose(-1, -2)[:, None] @ E @ K1inv[:, None]
+
+
+class EssentialModel:
+    """E from normalised coordinates; residual: squared Sampson error in pixels.
+
+    data = (x1n, x2n, x1, x2) with pixels x and normalised xn = K^-1 x; ctx = (K1^-1, K2^-1).
+    """
+
+    sample_size = 5
+    max_solutions = 10
+    param_shape = (3, 3)
+    dof = 4
+
+    def __init__(self, polish_iterations: int = 3):
+        self.polish_iterations = polish_iterations
+
+    def minimal(self, sample, ctx):
+        sol = essential_5point(sample[0], sample[1])
+        return sol.E, sol.valid
+
+    def residuals(self, params, data, ctx):
+        F = _E_to_F(params, ctx[0], ctx[1])
+        return sampson_sq(F, data[2], data[3])[0]
+
+    def refit(self, data, weights, ctx):
+        r = essential_8point(data[0], data[1], weights=weights)
+        return r.E, r.success
+
+    def polish(self, params, data, weights, ctx):
+        E = params
+        for _ in range(self.polish_iterations):
+            F = _E_to_F(E[:, None], ctx[0], ctx[1])
+            den = sampson_sq(F.detach(), data[2], data[3])[1][:, 0]
+            r = essential_8point(data[0], data[1], weights=weights / den)
+            E = torch.where(r.success[:, None, None], r.E, E)
+        return E
+
+
+class FundamentalModel:
+    """F from pixels; residual: squared Sampson error in pixels. data = (x1, x2); ctx = ()."""
+
+    sample_size = 7
+    max_solutions = 3
+    param_shape = (3, 3)
+    dof = 4
+
+    def __init__(self, polish_iterations: int = 3):
+        self.polish_iterations = polish_iterations
+
+    def minimal(self, sample, ctx):
+        sol = fundamental_7point(sample[0], sample[1])
+        return sol.F, sol.valid
+
+    def residuals(self, params, data, ctx):
+        return sampson_sq(params, data[0], data[1])[0]
+
+    def refit(self, data, weights, ctx):
+        r = fundamental_8point(data[0], data[1], weights=weights)
+        return r.F, r.success
+
+    def polish(self, params, data, weights, ctx):
+        F = params
+        for _ in range(self.polish_iterations):
+            den = sampson_sq(F.detach()[:, None], data[0], data[1])[1][:, 0]
+            r = fundamental_8point(data[0], data[1], weights=weights / den)
+            F = torch.where(r.success[:, None, None], r.F, F)
+        return F
+
+
+class HomographyModel:
+    """H with x2 ~ H x1; residual: squared one-way transfer error in pixels. data = (x1, x2)."""
+
+    sample_size = 4
+    max_solutions = 1
+    param_shape = (3, 3)
+    dof = 2
+
+    def __init__(self, polish_iterations: int = 3):
+        self.polish_iterations = polish_iterations
+
+    def minimal(self, sample, ctx):
+        r = homography_4point(sample[0], sample[1])
+        return r.H[:, None], r.success[:, None]
+
+    def residuals(self, params, data, ctx):
+        p = _h(data[0])[:, None] @ params.transpose(-1, -2)  # (M, H, N, 3)
+        w = p[..., 2]
+        tiny = torch.finfo(p.dtype).eps
+        w = torch.where(w.abs() < tiny, torch.full_like(w, tiny), w)
+        d = p[..., :2] / w[..., None] - data[1][:, None]
+        return (d * d).sum(-1)
+
+    def refit(self, data, weights, ctx):
+        r = homography_dlt(data[0], data[1], weights=weights)
+        return r.H, r.success
+
+    def polish(self, params, data, weights, ctx):
+        H = params
+        for _ in range(self.polish_iterations):
+            w3 = (_h(data[0]) @ H.detach()[:, 2:3].transpose(-1, -2))[..., 0]  # (M, N)
+            den = (w3 * w3).clamp_min(torch.finfo(H.dtype).tiny)
+            r = homography_dlt(data[0], data[1], weights=weights / den)
+            H = torch.where(r.success[:, None, None], r.H, H)
+        return H
+
+
+class AbsolutePoseModel:
+    """cam_from_world [R | t] (3, 4); residual: squared reprojection error in pixels.
+
+    data = (x, X, f) with pixels x, world points X and unit bearings f; ctx = (K,).
+    """
+
+    sample_size = 3
+    max_solutions = 4
+    param_shape = (3, 4)
+    dof = 2
+
+    def __init__(self, polish_iterations: int = 10):
+        self.polish_iterations = polish_iterations
+
+    def minimal(self, sample, ctx):
+        sol = p3p(sample[2], sample[1])
+        return torch.cat([sol.R, sol.t[..., None]], dim=-1), sol.valid
+
+    def residuals(self, params, data, ctx):
+        R, t = params[..., :3], params[..., 3]
+        Xc = data[1][:, None] @ R.transpose(-1, -2) + t[..., None, :]  # (M, H, N, 3)
+        z = Xc[..., 2]
+        front = z > torch.finfo(z.dtype).eps
+        zs = torch.where(front, z, torch.ones_like(z))
+        K = ctx[0][:, None, None]  # (M, 1, 1, 3, 3)
+        u = K[..., 0, 0] * Xc[..., 0] / zs + K[..., 0, 1] * Xc[..., 1] / zs + K[..., 0, 2]
+        v = K[..., 1, 1] * Xc[..., 1] / zs + K[..., 1, 2]
+        r2 = (u - data[0][:, None, :, 0]) ** 2 + (v - data[0][:, None, :, 1]) ** 2
+        return torch.where(front, r2, torch.full_like(r2, float("inf")))
+
+    def refit(self, data, weights, ctx):
+        r = epnp(data[0], data[1], ctx[0], weights=weights)
+        return torch.cat([r.R, r.t[..., None]], dim=-1), r.success
+
+    def polish(self, params, data, weights, ctx):
+        r = refine_pnp(params[..., :3], params[..., 3], data[0], data[1], ctx[0], weights=weights,
+                       iterations=self.polish_iterations)
+        out = torch.cat([r.R, r.t[..., None]], dim=-1)
+        return torch.where(r.success[:, None, None], out, params)
+
+
+class RigidModel:
+    """3D-3D rigid or similarity transform as [s R | t] (3, 4); residual: squared distance in metres.
+
+    data = (X, Y) with Y ≈ s R X + t.
+    """
+
+    sample_size = 3
+    max_solutions = 1
+    param_shape = (3, 4)
+    dof = 3
+
+    def __init__(self, with_scale: bool = False):
+        self.with_scale = with_scale
+
+    def _fit(self, X, Y, weights=None):
+        r = umeyama(X, Y, weights=weights) if self.with_scale else kabsch(X, Y, weights=weights)
+        return torch.cat([r.s[..., None, None] * r.R, r.t[..., None]], dim=-1), r.success
+
+    def minimal(self, sample, ctx):
+        P, ok = self._fit(sample[0], sample[1])
+        return P[:, None], ok[:, None]
+
+    def residuals(self, params, data, ctx):
+        A, t = params[..., :3], params[..., 3]
+        d = data[0][:, None] @ A.transpose(-1, -2) + t[..., None, :] - data[1][:, None]
+        return (d * d).sum(-1)
+
+    def refit(self, data, weights, ctx):
+        return self._fit(data[0], data[1], weights)
+
+    def polish(self, params, data, weights, ctx):
+        P, ok = self._fit(data[0], data[1], weights)
+        return torch.where(ok[:, None, None], P, params)
+
+
+def camera_inverses(K1: Tensor, K2: Tensor) -> tuple[Tensor, Tensor]:
+    """Closed-form inverses of two intrinsics batches (M, 3, 3)."""
+    return intrinsics_inverse(K1), intrinsics_inverse(K2)

@@ -4,8 +4,31 @@ Conventions (cameras, poses, pixels, units) are stated once, in the README's "Co
 Importing torch3dv has no side effects: no global flags, no downloads, no optional dependencies.
 """
 
-from torch3dv import camera, geometry, linalg, solvers, testing
+from torch3dv import camera, geometry, linalg, optim, ransac, solvers, testing
+from torch3dv.ransac import (
+    RansacOptions,
+    estimate_absolute_pose,
+    estimate_fundamental,
+    estimate_homography,
+    estimate_relative_pose,
+    estimate_rigid,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["camera", "geometry", "linalg", "solvers", "testing", "__version__"]
+__all__ = [
+    "camera",
+    "geometry",
+    "linalg",
+    "optim",
+    "ransac",
+    "solvers",
+    "testing",
+    "RansacOptions",
+    "estimate_absolute_pose",
+    "estimate_fundamental",
+    "estimate_homography",
+    "estimate_relative_pose",
+    "estimate_rigid",
+    "__version__",
+]

@@ -39,6 +39,10 @@ class RansacOptions:
         final_refine: run the model's nonlinear polish (e.g. LM on Sampson error) on the final inliers.
         prosac_growth: when match scores are given, hypotheses over which the sampling pool grows from the best
             matches to all of them (PROSAC-style); 0 disables.
+        preemptive_points: hypotheses are first scored on a random subset of this many valid points (drawn
+            anew each round); only the ``preemptive_keep`` best per problem and round are scored on all points
+            (preemptive verification in the spirit of Nister 2003). 0 scores every hypothesis on all points.
+        preemptive_keep: hypotheses per problem and round that reach full scoring.
         max_elements: memory bound: residual entries evaluated at once (problems x hypotheses x solutions x N).
         seed: base seed; problem i uses seed + i unless per-problem seeds are passed.
     """
@@ -52,7 +56,9 @@ class RansacOptions:
     local_optimization: int = 3
     final_refine: bool = True
     prosac_growth: int = 0
-    max_elements: int = 1 << 25
+    preemptive_points: int = 48
+    preemptive_keep: int = 4
+    max_elements: int = 1 << 22
     seed: int = 0
 
     def __post_init__(self):
@@ -108,6 +114,9 @@ class RansacOutput(NamedTuple):
     score: Tensor
     num_hypotheses: Tensor
     success: Tensor
+
+
+_SUBSET_STREAM = 1 << 20  # round offset that separates the preemptive-subset draws from the sample draws
 
 
 def required_iterations(inlier_ratio: Tensor, k: int, confidence: float) -> Tensor:
@@ -177,7 +186,10 @@ def ransac(
     done = torch.zeros(M, dtype=torch.int64, device=device)
     needed = torch.full((M,), float(options.max_iterations), dtype=torch.float64, device=device)
     feasible = n_valid >= k
-    chunk = max(1, options.max_elements // max(1, H * S * N))
+    n_sub = options.preemptive_points if 0 < options.preemptive_points < N else 0
+    keep = min(options.preemptive_keep, H * S)
+    per_problem = H * S * n_sub + keep * N if n_sub else H * S * N
+    chunk = max(1, options.max_elements // max(1, per_problem))
 
     with torch.no_grad():
         rnd = 0
@@ -202,16 +214,43 @@ def ransac(
                 pvalid = pvalid.reshape(C, H * S) & torch.isfinite(params.flatten(2)).all(-1)
                 params = torch.where(pvalid.reshape(C, H * S, *([1] * len(model.param_shape))), params,
                                      torch.zeros((), dtype=params.dtype, device=device))
-                r2 = model.residuals(params, d_I, c_I)  # (C, H*S, N)
-                sc = score_residuals(r2, valid[I][:, None, :], th[I][:, None], options.score, model.dof)
+                v_I = valid[I]
+                if n_sub:
+                    # preemptive verification: rank all hypotheses on a random subset of valid points
+                    sub = sample_subsets(n_valid[I], n_sub, 1, seeds[I], rnd + _SUBSET_STREAM)[:, 0]
+                    sub = torch.gather(order[I], 1, sub)  # (C, n_sub)
+                    d_sub = tuple(torch.gather(x, 1, sub[..., None].expand(C, n_sub, x.shape[-1])) for x in d_I)
+                    r2s = model.residuals(params, d_sub, c_I)  # (C, H*S, n_sub)
+                    ss = score_residuals(r2s, torch.gather(v_I, 1, sub)[:, None, :], th[I][:, None],
+                                         options.score, model.dof)
+                    ss = torch.where(pvalid, ss, torch.full_like(ss, -math.inf))
+                    top_s, top_i = ss.topk(keep, dim=-1)  # (C, keep)
+                    pshape = (C, keep) + (1,) * len(model.param_shape)
+                    params = torch.gather(params, 1, top_i.reshape(pshape).expand(C, keep, *model.param_shape))
+                    pvalid = top_s > -math.inf
+                r2 = model.residuals(params, d_I, c_I)  # (C, hypotheses, N)
+                sc = score_residuals(r2, v_I[:, None, :], th[I][:, None], options.score, model.dof)
                 sc = torch.where(pvalid, sc, torch.full_like(sc, -math.inf))
                 top, arg = sc.max(dim=-1)
                 better = top > best_score[I]
                 if better.any():
                     bI = I[better]
-                    best[bI] = params[better, arg[better]]
-                    best_score[bI] = top[better]
-                    r2b = r2[better, arg[better]]
+                    pb, sb, r2b = params[better, arg[better]], top[better], r2[better, arg[better]]
+                    if options.local_optimization > 0:
+                        # LO-RANSAC: one weighted refit on the inliers of each new best minimal model
+                        db = tuple(x[bI] for x in data)
+                        cb = tuple(c[bI] for c in ctx)
+                        w = inlier_weights(r2b, valid[bI], th[bI], options.score, model.dof)
+                        cand, ok = model.refit(db, w, cb)
+                        ok = ok & torch.isfinite(cand.flatten(1)).all(-1)
+                        cr2 = model.residuals(cand[:, None], db, cb)[:, 0]
+                        cs = score_residuals(cr2, valid[bI], th[bI], options.score, model.dof)
+                        take = ok & (cs > sb)
+                        pb = torch.where(take.reshape((-1,) + (1,) * len(model.param_shape)), cand, pb)
+                        sb = torch.where(take, cs, sb)
+                        r2b = torch.where(take[:, None], cr2, r2b)
+                    best[bI] = pb
+                    best_score[bI] = sb
                     cnt = inlier_mask(r2b, valid[bI], th[bI]).sum(-1)
                     best_count[bI] = cnt
                     ratio = cnt.double() / n_valid[bI].clamp_min(1).double()
@@ -220,39 +259,48 @@ def ransac(
             rnd += 1
 
         # local optimisation: iterated weighted refits on the inliers of the best model
-        has = best_score > -math.inf
-        score, r2 = _score_params(model, best, data, ctx, valid, options, th)
-        score = torch.where(has, score, best_score)
-        for _ in range(options.local_optimization):
-            w = inlier_weights(r2, valid, th, options.score, model.dof)
-            if refit_weights is not None:
-                w = w * refit_weights.detach()
-            cand, ok = model.refit(data, w, ctx)
-            ok = ok & has & torch.isfinite(cand.flatten(1)).all(-1)
-            cs, cr2 = _score_params(model, cand, data, ctx, valid, options, th)
+    # (outside no_grad: the polish below is differentiable w.r.t. the data)
+    has = best_score > -math.inf
+    hi = has.nonzero().squeeze(-1)  # only problems with a model are refined
+    d_h = tuple(x[hi] for x in data)
+    c_h = tuple(c[hi] for c in ctx)
+    v_h, th_h = valid[hi], th[hi]
+    rw_h = None if refit_weights is None else refit_weights[hi]
+    b_h = best[hi]
+    shp = (-1,) + (1,) * len(model.param_shape)
+    with torch.no_grad():
+        score, r2 = _score_params(model, b_h, d_h, c_h, v_h, options, th_h)
+        for _ in range(options.local_optimization if hi.numel() else 0):
+            w = inlier_weights(r2, v_h, th_h, options.score, model.dof)
+            if rw_h is not None:
+                w = w * rw_h.detach()
+            cand, ok = model.refit(d_h, w, c_h)
+            ok = ok & torch.isfinite(cand.flatten(1)).all(-1)
+            cs, cr2 = _score_params(model, cand, d_h, c_h, v_h, options, th_h)
             take = ok & (cs > score)
             if not take.any():
                 break
-            shp = (M,) + (1,) * len(model.param_shape)
-            best = torch.where(take.reshape(shp), cand, best)
+            b_h = torch.where(take.reshape(shp), cand, b_h)
             score = torch.where(take, cs, score)
             r2 = torch.where(take[:, None], cr2, r2)
 
-    if options.final_refine and hasattr(model, "polish"):
-        w = inlier_weights(r2, valid, th, "msac", model.dof)
-        if refit_weights is not None:
-            w = w * refit_weights
-        pol = model.polish(best, data, w, ctx)
-        ok = has & torch.isfinite(pol.flatten(1)).all(-1)
+    if options.final_refine and hasattr(model, "polish") and hi.numel():
+        w = inlier_weights(r2, v_h, th_h, "msac", model.dof)
+        if rw_h is not None:
+            w = w * rw_h
+        pol = model.polish(b_h, d_h, w, c_h)
+        ok = torch.isfinite(pol.flatten(1)).all(-1)
         with torch.no_grad():
-            ps, pr2 = _score_params(model, pol.detach(), data, ctx, valid, options, th)
+            ps, pr2 = _score_params(model, pol.detach(), d_h, c_h, v_h, options, th_h)
         # keep the polished model unless it loses a noticeable part of the support
         take = ok & (ps >= score - 1e-3 * score.abs() - 1e-9)
-        shp = (M,) + (1,) * len(model.param_shape)
-        best = torch.where(take.reshape(shp), pol, best)
+        b_h = torch.where(take.reshape(shp), pol, b_h)
         score = torch.where(take, ps, score)
         r2 = torch.where(take[:, None], pr2, r2)
 
-    inl = inlier_mask(r2.detach(), valid, th) & has[:, None]
+    best = best.index_copy(0, hi, b_h)
+    full_score = best_score.index_copy(0, hi, score.detach())
+    inl = torch.zeros(M, N, dtype=torch.bool, device=device)
+    inl = inl.index_copy(0, hi, inlier_mask(r2.detach(), v_h, th_h))
     success = has & (inl.sum(-1) > k)
-    return RansacOutput(best, inl, score, done, success)
+    return RansacOutput(best, inl, full_score, done, success)

@@ -25,12 +25,18 @@ def _h(x: Tensor) -> Tensor:
 
 
 def sampson_sq(F: Tensor, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
-    """Squared Sampson error and its denominator. F (M, H, 3, 3), x (M, N, 2) -> (M, H, N) each."""
-    a, b = _h(x1)[:, None], _h(x2)[:, None]  # (M, 1, N, 3)
-    Fx1 = a @ F.transpose(-1, -2)  # (M, H, N, 3)
-    Ftx2 = b @ F
-    num = (b * Fx1).sum(-1)
-    den = Fx1[..., 0] ** 2 + Fx1[..., 1] ** 2 + Ftx2[..., 0] ** 2 + Ftx2[..., 1] ** 2
+    """Squared Sampson error and its denominator. F (M, H, 3, 3), x (M, N, 2) -> (M, H, N) each.
+
+    Written as two large batched matmuls, (M, 3H, 3) @ (M, 3, N), rather than H x N tiny 3x3 products.
+    """
+    M, H = F.shape[:2]
+    a = _h(x1).transpose(-1, -2)  # (M, 3, N)
+    b = _h(x2).transpose(-1, -2)
+    N = x1.shape[-2]
+    Fx1 = (F.reshape(M, 3 * H, 3) @ a).reshape(M, H, 3, N)  # rows of F times x1: epipolar lines in image 2
+    Ftx2 = (F.transpose(-1, -2).reshape(M, 3 * H, 3) @ b).reshape(M, H, 3, N)
+    num = (b[:, None] * Fx1).sum(-2)
+    den = Fx1[:, :, 0] ** 2 + Fx1[:, :, 1] ** 2 + Ftx2[:, :, 0] ** 2 + Ftx2[:, :, 1] ** 2
     den = den.clamp_min(torch.finfo(F.dtype).tiny)
     return num * num / den, den
 
@@ -123,12 +129,14 @@ class HomographyModel:
         return r.H[:, None], r.success[:, None]
 
     def residuals(self, params, data, ctx):
-        p = _h(data[0])[:, None] @ params.transpose(-1, -2)  # (M, H, N, 3)
-        w = p[..., 2]
+        M, H = params.shape[:2]
+        p = (params.reshape(M, 3 * H, 3) @ _h(data[0]).transpose(-1, -2)).reshape(M, H, 3, data[0].shape[1])
+        w = p[:, :, 2]
         tiny = torch.finfo(p.dtype).eps
         w = torch.where(w.abs() < tiny, torch.full_like(w, tiny), w)
-        d = p[..., :2] / w[..., None] - data[1][:, None]
-        return (d * d).sum(-1)
+        du = p[:, :, 0] / w - data[1][:, None, :, 0]
+        dv = p[:, :, 1] / w - data[1][:, None, :, 1]
+        return du * du + dv * dv
 
     def refit(self, data, weights, ctx):
         r = homography_dlt(data[0], data[1], weights=weights)
@@ -163,15 +171,18 @@ class AbsolutePoseModel:
         return torch.cat([sol.R, sol.t[..., None]], dim=-1), sol.valid
 
     def residuals(self, params, data, ctx):
-        R, t = params[..., :3], params[..., 3]
-        Xc = data[1][:, None] @ R.transpose(-1, -2) + t[..., None, :]  # (M, H, N, 3)
-        z = Xc[..., 2]
+        M, H = params.shape[:2]
+        Xc = (params.reshape(M, 3 * H, 4) @ _h(data[1]).transpose(-1, -2)).reshape(M, H, 3, data[1].shape[1])
+        z = Xc[:, :, 2]
         front = z > torch.finfo(z.dtype).eps
-        zs = torch.where(front, z, torch.ones_like(z))
-        K = ctx[0][:, None, None]  # (M, 1, 1, 3, 3)
-        u = K[..., 0, 0] * Xc[..., 0] / zs + K[..., 0, 1] * Xc[..., 1] / zs + K[..., 0, 2]
-        v = K[..., 1, 1] * Xc[..., 1] / zs + K[..., 1, 2]
-        r2 = (u - data[0][:, None, :, 0]) ** 2 + (v - data[0][:, None, :, 1]) ** 2
+        inv_z = 1.0 / torch.where(front, z, torch.ones_like(z))
+        xn, yn = Xc[:, :, 0] * inv_z, Xc[:, :, 1] * inv_z
+        K = ctx[0]
+        fx, s, cx = K[:, 0, 0, None, None], K[:, 0, 1, None, None], K[:, 0, 2, None, None]
+        fy, cy = K[:, 1, 1, None, None], K[:, 1, 2, None, None]
+        du = fx * xn + s * yn + cx - data[0][:, None, :, 0]
+        dv = fy * yn + cy - data[0][:, None, :, 1]
+        r2 = du * du + dv * dv
         return torch.where(front, r2, torch.full_like(r2, float("inf")))
 
     def refit(self, data, weights, ctx):
@@ -208,9 +219,10 @@ class RigidModel:
         return P[:, None], ok[:, None]
 
     def residuals(self, params, data, ctx):
-        A, t = params[..., :3], params[..., 3]
-        d = data[0][:, None] @ A.transpose(-1, -2) + t[..., None, :] - data[1][:, None]
-        return (d * d).sum(-1)
+        M, H = params.shape[:2]
+        Yp = (params.reshape(M, 3 * H, 4) @ _h(data[0]).transpose(-1, -2)).reshape(M, H, 3, data[0].shape[1])
+        d = Yp - data[1].transpose(-1, -2)[:, None]
+        return (d * d).sum(-2)
 
     def refit(self, data, weights, ctx):
         return self._fit(data[0], data[1], weights)

@@ -29,7 +29,7 @@ SCORES = ("inliers", "msac", "magsac")
 def inlier_mask(r2: Tensor, valid: Tensor, threshold: Tensor | float) -> Tensor:
     """(..., N) bool: valid and squared residual below threshold^2."""
     th2 = _th2(threshold, r2)
-    return valid & (r2 < th2[..., None]) & torch.isfinite(r2)
+    return valid & (r2 < th2[..., None])  # NaN compares False
 
 
 def _th2(threshold, like: Tensor) -> Tensor:
@@ -78,15 +78,16 @@ def score_residuals(r2: Tensor, valid: Tensor, threshold: Tensor | float, kind: 
         dof: residual degrees of freedom for MAGSAC++ (4 for two-view correspondences, 2 for a one-way
             transfer or reprojection error, 3 for 3D points).
     """
-    th2 = _th2(threshold, r2)
-    ok = valid & torch.isfinite(r2)
-    r2c = torch.where(ok, r2, th2[..., None].expand_as(r2))
+    th2 = _th2(threshold, r2)[..., None]
+    # NaN compares False, so one comparison both truncates at the threshold and drops non-finite residuals
+    inl = valid & (r2 < th2)
     if kind == "inliers":
-        return (r2c < th2[..., None]).to(r2.dtype).sum(-1)
+        return inl.sum(-1).to(r2.dtype)
+    r2c = torch.where(inl, r2, th2)
     if kind == "msac":
-        return (th2[..., None] - torch.minimum(r2c, th2[..., None])).sum(-1)
+        return (th2 - r2c).sum(-1)
     if kind == "magsac":
-        rho, rho_max = _magsac_rho(r2c, th2, dof)
+        rho, rho_max = _magsac_rho(r2c, th2[..., 0], dof)
         return (rho_max[..., None] - rho).sum(-1)
     raise ValueError(f"unknown score {kind!r}; choose one of {SCORES}")
 

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -244,3 +245,57 @@ def test_caller_errors():
         sampson_distance(torch.eye(3, dtype=torch.float64)[:2], x, x)
     with pytest.raises(ValueError):
         sampson_distance(torch.eye(3, dtype=torch.float32), x, x)
+
+
+def _reference_8point(x1, x2):
+    """Slow, obvious reference: explicit design matrix, eigh of A^T A, rank 2 by SVD (float64)."""
+    from torch3dv.linalg.normalization import normalize_points
+
+    n1, n2 = normalize_points(x1), normalize_points(x2)
+    h1 = torch.cat([n1.points, torch.ones_like(n1.points[..., :1])], -1)
+    h2 = torch.cat([n2.points, torch.ones_like(n2.points[..., :1])], -1)
+    A = (h2[..., :, None] * h1[..., None, :]).flatten(-2)
+    f = torch.linalg.eigh(A.transpose(-1, -2) @ A)[1][..., 0]
+    U, S, Vh = (torch.from_numpy(t) for t in np.linalg.svd(f.reshape(-1, 3, 3).numpy()))
+    Fn = U @ torch.diag_embed(S * torch.tensor([1.0, 1.0, 0.0], dtype=S.dtype)) @ Vh
+    return n2.T.transpose(-1, -2) @ Fn @ n1.T
+
+
+@pytest.mark.parametrize("n", [8, 20])
+def test_matches_slow_reference(n):
+    # the fast paths (Householder null vector for N = 8, block inverse iteration for N > 8) against eigh + SVD
+    s = two_view_scene(500, n, noise_px=0.5, seed=21)
+    r = fundamental_8point(s.x1, s.x2)
+    assert r.success.all()
+    assert f_err(r.F, _reference_8point(s.x1, s.x2)).quantile(0.99) < 1e-9
+
+
+def test_grad_mode_gives_same_values():
+    # with autograd the minimal solvers keep their value (projection only adds the derivative) and the
+    # least-squares path switches to eigh: the results agree to rounding
+    for n in [8, 20]:
+        s = two_view_scene(50, n, noise_px=0.5, seed=22)
+        a = fundamental_8point(s.x1, s.x2).F
+        b = fundamental_8point(s.x1.clone().requires_grad_(), s.x2).F.detach()
+        assert f_err(a, b).max() < 1e-10
+    s7 = two_view_scene(50, 7, noise_px=0.5, seed=23)
+    a = fundamental_7point(s7.x1, s7.x2)
+    b = fundamental_7point(s7.x1.clone().requires_grad_(), s7.x2)
+    assert torch.equal(a.valid, b.valid)
+    torch.testing.assert_close(a.F, b.F.detach(), rtol=0, atol=1e-12)
+
+
+def test_chunking_is_invisible(dtype, monkeypatch):
+    # large batches run in chunks; a chunked call equals the unchunked one problem by problem
+    import torch3dv.solvers.fundamental as fm
+
+    s = two_view_scene(700, 8, noise_px=0.5, seed=24, dtype=dtype)
+    s20 = two_view_scene(700, 20, noise_px=0.5, seed=24, dtype=dtype)
+    s7 = two_view_scene(700, 7, noise_px=0.5, seed=24, dtype=dtype)
+    ref = [fundamental_8point(s.x1, s.x2), fundamental_8point(s20.x1, s20.x2), fundamental_7point(s7.x1, s7.x2)]
+    monkeypatch.setattr(fm, "_chunk_size", lambda n: 256)
+    got = [fundamental_8point(s.x1, s.x2), fundamental_8point(s20.x1, s20.x2), fundamental_7point(s7.x1, s7.x2)]
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for r, g in zip(ref, got):
+        assert torch.equal(r.success, g.success)
+        torch.testing.assert_close(g.F, r.F, rtol=0, atol=tol)

@@ -212,3 +212,50 @@ def test_real_graf_homography():
     # float32 gives the same answer to a fraction of a pixel
     r32 = homography_dlt(x1[None].float(), x3[None].float())
     assert r32.success.all() and err(r32.H[0].double()) < e_ours + 0.05
+
+
+def _reference_dlt(x1, x2):
+    """Slow, obvious reference: explicit 2N x 9 DLT design, SVD, denormalisation (float64)."""
+    from torch3dv.linalg.normalization import normalize_points
+
+    n1, n2 = normalize_points(x1), normalize_points(x2)
+    h1 = torch.cat([n1.points, torch.ones_like(n1.points[..., :1])], -1)
+    z = torch.zeros_like(h1)
+    u, v = n2.points[..., :1], n2.points[..., 1:]
+    A = torch.stack([torch.cat([z, -h1, v * h1], -1), torch.cat([h1, z, -u * h1], -1)], -2).flatten(-3, -2)
+    Vh = np.linalg.svd(A.numpy(), full_matrices=A.shape[-2] < 9)[2]  # numpy: torch's batched CPU SVD is slow
+    Hn = torch.from_numpy(Vh[..., -1, :]).reshape(-1, 3, 3)
+    return torch.linalg.inv(n2.T) @ Hn @ n1.T
+
+
+@pytest.mark.parametrize("n", [4, 32])
+def test_dlt_matches_slow_reference(n):
+    # the fast paths (Householder null vector for N = 4, block inverse iteration for N > 4) against an SVD
+    s = two_view_scene(500, n, noise_px=0.5, planar=True, seed=31)
+    r = homography_dlt(s.x1, s.x2)
+    assert r.success.all()
+    assert h_err(r.H, _reference_dlt(s.x1, s.x2)).max() < 1e-9
+
+
+def test_grad_mode_gives_same_values():
+    for n in [4, 12]:
+        s = two_view_scene(50, n, noise_px=0.5, planar=True, seed=32)
+        a = homography_dlt(s.x1, s.x2).H
+        b = homography_dlt(s.x1.clone().requires_grad_(), s.x2).H.detach()
+        assert h_err(a, b).max() < 1e-10
+
+
+def test_chunking_is_invisible(dtype, monkeypatch):
+    import torch3dv.solvers.homography as hm
+
+    s4 = two_view_scene(700, 4, noise_px=0.5, planar=True, seed=33, dtype=dtype)
+    s32 = two_view_scene(700, 32, noise_px=0.5, planar=True, seed=33, dtype=dtype)
+    calls = [lambda: homography_dlt(s4.x1, s4.x2), lambda: homography_4point(s4.x1, s4.x2),
+             lambda: homography_dlt(s32.x1, s32.x2)]
+    ref = [f() for f in calls]
+    monkeypatch.setattr(hm, "_chunk_size", lambda n: 256)
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    for r, f in zip(ref, calls):
+        g = f()
+        assert torch.equal(r.success, g.success)
+        torch.testing.assert_close(g.H, r.H, rtol=tol, atol=tol)

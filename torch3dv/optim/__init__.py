@@ -7,12 +7,12 @@ from torch3dv.optim.manifolds import retract_pose_left, so3_exp
 __all__ = [
     "LMOptions",
     "LMResult",
-    "levenberg_marquardt",
     "cauchy_loss",
     "get_loss",
     "huber_loss",
-    "soft_l1_loss",
-    "trivial_loss",
+    "levenberg_marquardt",
     "retract_pose_left",
     "so3_exp",
+    "soft_l1_loss",
+    "trivial_loss",
 ]

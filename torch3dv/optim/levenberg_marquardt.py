@@ -24,12 +24,13 @@ problems, only over iterations):
        from zero), solved by a batched Cholesky (``torch.linalg.cholesky_ex``). A problem whose damped
        matrix is not positive definite (or not finite) takes no step, counts as a rejected step, and its
        damping grows; nothing raises.
-    3. The candidate ``retract(x, delta)`` is accepted per problem if its cost is finite and lower; the
+    3. The candidate ``retract(x, delta)`` is accepted per problem if its cost is finite and not higher; the
        damping of that problem shrinks by ``damping_decrease`` on acceptance and grows by
        ``damping_increase`` on rejection.
     4. A problem is *converged* once ``max|g| <= gradient_tol``, or an accepted step has
        ``|delta| <= step_tol * (|x| + step_tol)``, or an accepted step lowers the cost by less than
-       ``cost_tol * cost``, or the cost is (numerically) zero. Converged problems and problems whose damping
+       ``cost_tol * cost``, or the decrease predicted by the Gauss-Newton model for the step is below
+       ``cost_tol * cost`` (nothing measurable left to gain), or the cost is (numerically) zero. Converged problems and problems whose damping
        exceeded ``max_damping`` are frozen (masked out) while the rest of the batch continues; the loop
        ends when every problem is frozen or after ``max_iterations``.
 Problems with non-finite residuals at the start are frozen immediately (``converged = False``, ``cost = inf``
@@ -57,15 +58,16 @@ are those of the actual computation, also with respect to ``params0``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Sequence, Union
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from torch3dv.optim.losses import get_loss
 
-Params = Union[Tensor, Sequence[Tensor]]
+Params = Tensor | Sequence[Tensor]
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ def _bwhere(cond: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 def _default_retract(params: Params, delta: Tensor) -> Params:
     if not isinstance(params, Tensor):
-        raise ValueError("retract_fn is required when params0 is not a single (*B, P) tensor")
+        raise ValueError("retract_fn is required when params0 is not a single (*B, P) tensor")  # noqa: TRY004
     return params + delta
 
 
@@ -157,7 +159,7 @@ class _Evaluation(NamedTuple):
 def _evaluate(residual_fn, params, weights, block, loss_fn) -> _Evaluation:
     r, J = residual_fn(params)
     if not isinstance(r, Tensor) or not isinstance(J, Tensor):
-        raise ValueError("residual_fn must return a tuple (residuals (*B, M), jacobian (*B, M, P))")
+        raise ValueError("residual_fn must return a tuple (residuals (*B, M), jacobian (*B, M, P))")  # noqa: TRY004
     if J.ndim != r.ndim + 1 or J.shape[:-1] != r.shape:
         raise ValueError(f"jacobian must have shape (*B, M, P) matching residuals (*B, M); got {tuple(J.shape)} "
                          f"and {tuple(r.shape)}")
@@ -314,12 +316,17 @@ def levenberg_marquardt(
             delta, ok = _solve_damped(H, g, lam)
             cand = do_retract(params, delta)
             ev_new = _evaluate(wrapped, cand, w_loop, opt.block_size, loss_fn)
-            accept = active & ok & ev_new.finite & (ev_new.cost < ev.cost)
+            # decrease predicted by the Gauss-Newton model; below the cost's resolution the cost cannot judge
+            # the step any more, so it is taken if the cost did not rise beyond rounding, and the problem stops
+            predicted = -((delta * g).sum(-1) + 0.5 * (delta[..., None, :] @ H @ delta[..., :, None])[..., 0, 0])
+            flat = active & ok & (predicted <= cost_tol * ev.cost)
+            within = ev_new.cost <= ev.cost + 16 * eps * ev.cost
+            accept = active & ok & ev_new.finite & ((ev_new.cost <= ev.cost) | (flat & within))
             iterations = iterations + active.to(iterations.dtype)
             dnorm = delta.norm(dim=-1)
             xnorm = _param_norm(params, nb)
             rel_drop = (ev.cost - ev_new.cost) <= cost_tol * ev.cost
-            stop = accept & ((dnorm <= step_tol * (xnorm + step_tol)) | rel_drop)
+            stop = (accept & ((dnorm <= step_tol * (xnorm + step_tol)) | rel_drop)) | flat
             params = tuple(_bwhere(accept, c, p) for c, p in zip(cand, params))
             ev = _Evaluation(*(_bwhere(accept, a, b) for a, b in zip(ev_new, ev)))
             H_new, g_new = _normal_equations(ev_new)

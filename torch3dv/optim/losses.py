@@ -23,7 +23,7 @@ All are differentiable in ``s`` (Huber is C1), so they can be used with implicit
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

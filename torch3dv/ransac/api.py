@@ -21,14 +21,17 @@ from torch import Tensor
 from torch3dv._checks import check_intrinsics, check_same_device_dtype, prepare_correspondences
 from torch3dv.camera.pinhole import bearing_vectors, intrinsics_inverse, pixels_to_normalized
 from torch3dv.ransac.estimator import RansacOptions, ransac
+from torch3dv.linalg.skew import skew
 from torch3dv.ransac.models import (
     AbsolutePoseModel,
     EssentialModel,
     FundamentalModel,
     HomographyModel,
     RigidModel,
+    sampson_sq,
 )
 from torch3dv.solvers.essential import recover_pose
+from torch3dv.solvers.relative_pose_refine import refine_relative_pose
 
 
 class RelativePoseEstimate(NamedTuple):
@@ -176,13 +179,25 @@ def estimate_relative_pose(
     opts = _options(options, threshold, 1.0)
     x1n, x2n = pixels_to_normalized(x1f, K1f), pixels_to_normalized(x2f, K2f)
     ctx = (intrinsics_inverse(K1f), intrinsics_inverse(K2f))
-    out = ransac(EssentialModel(), (x1n, x2n, x1f, x2f), ctx, valid, opts, priority=pr,
+    # the IRLS polish of E is replaced by LM on the pose below, so the model's own polish is off
+    out = ransac(EssentialModel(polish_iterations=0), (x1n, x2n, x1f, x2f), ctx, valid, opts, priority=pr,
                  refit_weights=w)
     pose = recover_pose(out.params, x1n, x2n, mask=out.inliers)
-    inl = out.inliers
+    R, t = pose.R, pose.t
+    if opts.final_refine:
+        # minimise the Sampson error over the 5-DoF pose on the inliers (implicit gradients)
+        ref = refine_relative_pose(R, t, x1f, x2f, K1f, K2f, weights=out.inliers.to(w.dtype) * w)
+        keep = ref.success[:, None]
+        R = torch.where(keep[..., None], ref.R, R)
+        t = torch.where(keep, ref.t, t)
+    E = skew(t) @ R
+    with torch.no_grad():
+        F = ctx[1].transpose(-1, -2) @ E @ ctx[0]
+        r2 = sampson_sq(F[:, None], x1f, x2f)[0][:, 0]
+        inl = valid & (r2 < opts.threshold ** 2) & out.success[:, None]
     success = out.success & pose.success
     return RelativePoseEstimate(
-        _unflatten(pose.R, lead), _unflatten(pose.t, lead), _unflatten(out.params, lead), _unflatten(inl, lead),
+        _unflatten(R, lead), _unflatten(t, lead), _unflatten(E, lead), _unflatten(inl, lead),
         _unflatten(inl.sum(-1), lead), _unflatten(success, lead))
 
 

@@ -196,7 +196,10 @@ def ransac(
         while True:
             limit = torch.maximum(needed, torch.full_like(needed, float(options.min_iterations)))
             limit = limit.clamp(max=float(options.max_iterations))
-            running = feasible & (done.double() < limit)
+            # a problem whose samples gave no valid model at all in min_iterations draws is degenerate (e.g. all
+            # points identical): stop it instead of burning max_iterations
+            hopeless = (best_score == -math.inf) & (done >= options.min_iterations)
+            running = feasible & ~hopeless & (done.double() < limit)
             act = running.nonzero().squeeze(-1)
             if act.numel() == 0:
                 break

@@ -161,8 +161,10 @@ def two_view_scene(
     rays = unproject_pinhole(pix, K1)  # z = 1
     plane = torch.full((B, 4), float("nan"), dtype=torch.float64)
     if planar:
-        n = torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64) + 0.3 * torch.randn(B, 3, generator=g,
-                                                                                     dtype=torch.float64)
+        # tilt bounded so that every viewing ray meets the plane in front of the camera (ray . n > 0.4)
+        tilt = (0.3 * torch.randn(B, 3, generator=g, dtype=torch.float64)).clamp(-0.35, 0.35)
+        n = torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64) + tilt * torch.tensor([1.0, 1.0, 0.0],
+                                                                                      dtype=torch.float64)
         n = n / n.norm(dim=-1, keepdim=True)
         p0 = torch.stack([torch.zeros(B), torch.zeros(B), torch.empty(B).uniform_(3.0, 5.0, generator=g)],
                          -1).double()
@@ -258,7 +260,9 @@ def absolute_pose_scene(
     rays = unproject_pinhole(pix, K)
     if planar:
         # plane z_world = 0 expressed in camera coordinates must be in front: choose the pose so it is
-        n_c = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64) + 0.25 * torch.randn(B, 3, generator=g,
+        # tilt bounded so that every viewing ray meets the plane in front of the camera (ray . n > 0.4)
+        tilt = (0.25 * torch.randn(B, 3, generator=g, dtype=torch.float64)).clamp(-0.35, 0.35)
+        n_c = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64) + tilt * torch.tensor([1.0, 1.0, 0.0],
                                                                                        dtype=torch.float64)
         n_c = n_c / n_c.norm(dim=-1, keepdim=True)
         d = torch.empty(B, dtype=torch.float64).uniform_(3.0, 5.0, generator=g) * n_c[:, 2]

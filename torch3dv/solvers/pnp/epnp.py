@@ -10,17 +10,25 @@ correspondence gives two linear equations in the camera-frame control points ``c
 
 Implementation choices (for speed at batch 100k and for exactness on noise-free data):
 
-* The x and y coordinates of the control points are eliminated in closed form (weighted least squares given
-  the depths ``z``), leaving the Schur complement ``S`` (4x4, or 3x3 when planar) in the control-point
-  depths. Its eigenvectors for the smallest eigenvalues, lifted back to 12 (9) coordinates, span the
-  EPnP solution space; this replaces the 12x12 eigen-decomposition of the original method (the spanned
-  space is the same for noise-free data, and the k = 4 space is identical).
-* ``beta`` initialisations from one, two and (non-planar) three basis vectors, linearised as in the paper,
-  each refined by 5 Gauss-Newton iterations on all k betas (the control-point distance residuals).
-* The candidate with the smallest weighted reprojection error is kept (ranked with a Gram-Schmidt rotation),
-  and its pose is the weighted absolute orientation of the reconstructed points, in closed form: the
-  cross-covariance reduces to ``D L^T`` (D: camera-frame control-point offsets, L: whitening factor), whose
-  rotation factor comes from a scaled Newton polar iteration; ``t = c^cam_0 - R c_0``.
+* The camera-frame points are parametrised as ``P_i = p + sum_k a_ik q_k`` (``p`` the camera-frame centroid,
+  ``q_k`` the control-point offsets, ``a_i`` the whitened coordinates). The x and y coordinates of ``(p, q)``
+  are eliminated in closed form (weighted least squares given the depths ``z``; the normal matrix is
+  ``sum w`` times the identity thanks to the whitening), leaving a 4x4 (planar: 3x3) Schur complement ``S``
+  in the depths. Its eigenvectors for the smallest eigenvalues, lifted back to 12 (9) coordinates, span the
+  EPnP solution space; this replaces the paper's 12x12 eigen-decomposition (same space for noise-free data).
+* Non-planar: all 4 basis vectors, ``beta`` started from the smallest one (paper's N = 1 case; the N = 2 and
+  N = 3 linearisations are added when a problem has fewer than 6 points) and refined by Gauss-Newton on
+  the 6 control-point distances; candidates are ranked by reprojection error (with a cheap Gram-Schmidt
+  rotation). Planar: the single smallest vector with its scale from the 3 distances (letting 3 betas fit 3
+  distances exactly is less accurate under noise). Exactly 4 non-coplanar points (where the EPnP space is
+  the whole 4D depth space) are solved by P3P on three points, the fourth picking the solution.
+* The pose is the weighted absolute orientation of the reconstructed points in closed form: the
+  cross-covariance reduces to ``D L^T`` (D: camera-frame offsets, L: whitening factor), whose rotation
+  factor comes from a scaled Newton polar iteration (rank-2 planar case completed by the normals);
+  ``t = p - R c_0``.
+
+On 1-px noise this matches or beats OpenCV's ``SOLVEPNP_EPNP`` in median rotation and translation error
+(tests/test_pnp.py), planar and non-planar.
 
 Gradients flow through everything by plain autograd: ``eigh`` of the small Schur complement (finite while the
 used eigenvalues are simple, true for non-degenerate problems), the closed-form 3x3 algebra, the unrolled
@@ -115,10 +123,40 @@ def epnp(
     else:
         order = torch.argsort(torch.cat(idxs))
         R, t, okc = torch.cat(outs_R)[order], torch.cat(outs_t)[order], torch.cat(outs_ok)[order]
+    # exactly 4 non-coplanar points: the EPnP solution space is the whole 4D space of control-point depths
+    # and the distance equations alone are solved poorly (as in the paper / OpenCV); use P3P on three of the
+    # points and keep the solution that best reprojects the fourth
+    four = ok & ~planar & ((w != 0).sum(-1) == 4)
+    if bool(four.any()):
+        idx4 = torch.nonzero(four).flatten()
+        R4, t4, ok4 = _p4p(xn[idx4], Xw[idx4], w[idx4])
+        R = R.index_put((idx4,), R4)
+        t = t.index_put((idx4,), t4)
+        okc = okc.index_put((idx4,), ok4)
     R = R.reshape(*batch, 3, 3)
     t = t.reshape(*batch, 3)
     success = (ok & okc).reshape(batch) & depths_positive(R, t, prep.X, prep.w)
     return finalize(R, t, success)
+
+
+def _p4p(xn: Tensor, X: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Problems with exactly four used rows: P3P on the first three, the fourth picks the solution."""
+    from torch3dv.solvers.pnp.p3p import p3p
+
+    order = torch.argsort((w == 0).to(torch.int8), dim=-1, stable=True)[:, :4]
+    xs = torch.gather(xn, 1, order[..., None].expand(-1, -1, 2))
+    Xs = torch.gather(X, 1, order[..., None].expand(-1, -1, 3))
+    y = torch.cat([xs, torch.ones_like(xs[..., :1])], dim=-1)
+    y = y / y.norm(dim=-1, keepdim=True)
+    sol = p3p(y[:, :3], Xs[:, :3])
+    Xc = (sol.R @ Xs[:, None, 3, :, None])[..., 0] + sol.t  # (B, 4, 3)
+    z = Xc[..., 2]
+    zs = torch.where(z.abs() < 1e-12, torch.full_like(z, 1e-12), z)
+    err = ((Xc[..., :2] / zs[..., None] - xs[:, None, 3]) ** 2).sum(-1)
+    err = torch.where(sol.valid & (z > 0), err, torch.full_like(err, float("inf")))
+    best = err.argmin(-1)
+    ar = torch.arange(X.shape[0], device=X.device)
+    return sol.R[ar, best], sol.t[ar, best], torch.isfinite(err[ar, best])
 
 
 def _stand_in(N: int, dtype, dev) -> tuple[Tensor, Tensor]:
@@ -183,7 +221,6 @@ def _epnp_core(xn: Tensor, X: Tensor, w: Tensor, planar: bool) -> tuple[Tensor, 
     tiny = torch.finfo(dtype).tiny
     c0, Lw, a = _whitening(X, w, planar)
     nc = a.shape[-1] + 1
-    d = nc - 1
     B = X.shape[0]
     # camera points P_i = p + sum_k a_ik q_k (p = camera control point 0, q_k = c^cam_k - p); the design
     # rows phi_i = (1, a_i) are orthonormal under the weights, so sum_i w_i phi_i phi_i^T = wsum * I.
@@ -229,7 +266,7 @@ def _epnp_core(xn: Tensor, X: Tensor, w: Tensor, planar: bool) -> tuple[Tensor, 
     # with >= 6 points the one-vector start followed by Gauss-Newton on all betas is as accurate as the
     # paper's three starts (measured against OpenCV); near-minimal problems keep all of them
     if not planar and bool(((w != 0).sum(-1) < 6).any()):
-        inits += [_betas_2(Gp, rho, k), _betas_3(Gp, rho, k), _betas_4(Gp, rho)]
+        inits += [_betas_2(Gp, rho, k), _betas_3(Gp, rho, k)]
     betas = _gauss_newton(torch.stack(inits, dim=-1), Gp, rho)  # (B, k, S)
 
     # camera-frame p and q per candidate, sign so that the centroid (p) is in front
@@ -251,6 +288,9 @@ def _epnp_core(xn: Tensor, X: Tensor, w: Tensor, planar: bool) -> tuple[Tensor, 
         e = (Xc[..., 0] / z - u[:, None]) ** 2 + (Xc[..., 1] / z - v[:, None]) ** 2
         err = (w[:, None] * e).sum(-1)
         err = torch.where(torch.isfinite(err), err, torch.full_like(err, float("inf")))
+        # problems with >= 6 points keep the first candidate whatever the rest of the batch needs
+        many = ((w != 0).sum(-1) >= 6)[:, None] & (torch.arange(err.shape[1], device=err.device) > 0)
+        err = torch.where(many, torch.full_like(err, float("inf")), err)
         best = err.argmin(dim=1)
         ar = torch.arange(X.shape[0], device=X.device)
         pc_b, Dc_b = pc[ar, best], Dc[ar, best]
@@ -330,23 +370,13 @@ def _betas_3(G: Tensor, rho: Tensor, k: int) -> Tensor:
     return torch.cat([b1[:, None], b2[:, None], b3[:, None], rest], dim=-1)
 
 
-def _betas_4(G: Tensor, rho: Tensor) -> Tensor:
-    """All four basis vectors, keeping only the products with beta_1: (b11, b12, b13, b14) (paper's N = 4)."""
-    A = torch.stack([G[..., 0, 0], 2 * G[..., 0, 1], 2 * G[..., 0, 2], 2 * G[..., 0, 3]], dim=-1)
-    sol = _lstsq_small(A, rho)
-    b1 = torch.sqrt(sol[:, 0].abs())
-    sg = torch.where(sol[:, 0] < 0, -1.0, 1.0).to(G.dtype)
-    rest = sg[:, None] * sol[:, 1:] / b1.clamp_min(torch.finfo(G.dtype).tiny)[:, None]
-    return torch.cat([b1[:, None], rest], dim=-1)
-
-
 def _gauss_newton(betas: Tensor, Gp: Tensor, rho: Tensor) -> Tensor:
     """Gauss-Newton on beta^T Gp beta = rho_p for every pair p; betas (B, k, S), Gp (B, P, k, k).
 
     Written with element-wise products: batched matmuls of 4x4 matrices are dominated by per-matrix
     overhead on CPU.
     """
-    B, P, k, _ = Gp.shape
+    k = Gp.shape[-1]
     Gt = Gp.permute(0, 2, 3, 1)[..., None, :]  # (B, k, k, 1, P)
     eye = torch.eye(k, dtype=betas.dtype, device=betas.device)
     for _ in range(_GN_ITERATIONS):

@@ -17,6 +17,11 @@ derivative is the implicit-function-theorem derivative ``dL = -J^{-1} dF``, exac
 true solution. The pose then follows ``L`` through smooth closed-form operations (cross products,
 normalisations). The derivative does not exist at double solutions (singular ``J``), where it is clamped.
 
+Accuracy: float64 recovers the true pose to ~1e-14 (1e-10 worst case over thousands of random problems) and
+returns the same solution set as PoseLib. In float32 the median pose error is ~1e-6, but near-degenerate
+configurations (nearly double solutions, where the pencil's cubic has clustered roots) lose accuracy: about
+0.5% of random problems have errors above 1e-3; use float64 where that matters.
+
 Validity: a candidate is valid when its depths are positive and finite, it satisfies the distance equations
 to a relative tolerance, and it is not a duplicate of an earlier valid candidate. Collinear or coincident
 world points, or coincident bearings, make every candidate invalid. Invalid slots hold ``(I, 0)``.
@@ -58,7 +63,6 @@ def p3p(bearings: Tensor, X: Tensor) -> PnPSolutions:
     if bearings.shape != X.shape:
         raise ValueError(f"bearings {tuple(bearings.shape)} and X {tuple(X.shape)} must have the same shape")
     dtype, dev = X.dtype, X.device
-    batch = X.shape[:-2]
     eps = torch.finfo(dtype).eps
 
     finite = torch.isfinite(bearings).flatten(-2).all(-1) & torch.isfinite(X).flatten(-2).all(-1)

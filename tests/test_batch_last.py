@@ -6,7 +6,7 @@ import torch
 
 from torch3dv.linalg import batch_last as bl
 from torch3dv.linalg.cubic import real_cubic_roots
-from torch3dv.solvers.fundamental import _null_eigvecs
+from torch3dv.solvers.fundamental import _null_eigvecs, _rank_test
 
 
 def _bl(M: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,8 @@ def test_smallest_eigenpairs_and_fallback():
     ref_l, ref_V = torch.linalg.eigh(M)
     for dt in [torch.float64, torch.float32]:
         Mb = _bl(M.to(dt))
-        v0, v1, lmax = _null_eigvecs(Mb)
+        v0, v1, _ = _null_eigvecs(Mb)
+        lmax = bl.largest_eigenvalue(Mb)
         v0, v1 = v0.t().double(), v1.t().double()
         err0 = torch.minimum((v0 - ref_V[..., 0]).norm(dim=-1), (v0 + ref_V[..., 0]).norm(dim=-1))
         tol = 1e-10 if dt == torch.float64 else 1e-4
@@ -67,6 +68,10 @@ def test_smallest_eigenpairs_and_fallback():
         assert (rq1[300:] < tol * 1e-2 * tr[300:]).all()
         # a lower estimate of the largest eigenvalue, close enough to scale the degeneracy test
         assert (lmax.double() <= ref_l[:, -1] * (1 + 1e-5)).all() and (lmax.double() >= 0.5 * ref_l[:, -1]).all()
+        # the test estimates l_max only where the trace bounds leave the decision open: same decisions
+        num = torch.logspace(-12, 2, b, dtype=dt)[torch.randperm(b, generator=g)] * tr.to(dt)
+        for tol in [1e-8, 1e-2]:
+            assert torch.equal(_rank_test(num, Mb, None, tol), num / lmax > tol)
         # the fast path converges for the separated spectra (no fallback needed)
         _, _, _, res = bl.smallest_eigenpairs(Mb, 6 if dt == torch.float64 else 3)
         assert (res[:200] <= 4 * torch.finfo(dt).eps * tr[:200].to(dt)).float().mean() > 0.99

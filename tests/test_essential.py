@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from torch3dv.camera.pinhole import pixels_to_normalized
 from torch3dv.geometry.metrics import rotation_error, translation_direction_error
-from torch3dv.linalg.polynomial import real_roots
+from torch3dv.linalg.polynomial import real_roots, real_roots_list
 from torch3dv.solvers.essential import (
     EssentialSolutions,
     decompose_essential,
@@ -67,6 +68,37 @@ def test_real_roots_match_numpy():
     assert err.median() < 1e-9
 
 
+def test_real_roots_list_matches_numpy():
+    g = torch.Generator().manual_seed(1)
+    n = 400
+    # real roots spread over the whole line (both charts, |z| = 1 exactly, close pairs) plus complex pairs
+    theta = torch.rand(n, 4, generator=g, dtype=torch.float64) * (math.pi - 0.01) - (math.pi - 0.01) / 2
+    theta[:, 1] = theta[:, 0] + 1e-3 * (torch.rand(n, generator=g, dtype=torch.float64) + 0.1)  # close pair
+    z = torch.tan(theta)  # (pairs closer than the finest isolation cell, ~1e-7, are not resolved)
+    z[:40, 2] = 1.0
+    z[40:80, 2] = -1.0
+    cplx = torch.complex(torch.randn(n, 3, generator=g, dtype=torch.float64),
+                         torch.rand(n, 3, generator=g, dtype=torch.float64) + 0.05)
+    coefs = []
+    for i in range(n):
+        real = z[i, 1:].numpy() if 80 <= i < 120 else z[i].numpy()  # 80..119: z[0] at infinity (leading coef 0)
+        co = np.real(np.poly(np.concatenate([real, cplx[i].numpy(), cplx[i].numpy().conj()])))[::-1]
+        coefs.append(np.concatenate([co, np.zeros(11 - len(co))]))
+    c = torch.tensor(np.array(coefs))
+    prob, slot, uv = real_roots_list(c)
+    count = torch.bincount(prob, minlength=n)
+    assert count[:80].eq(4).all() and count[120:].eq(4).all() and count[80:120].eq(4).all()
+    # slots are distinct per polynomial and fill 0 .. count - 1
+    assert torch.equal(torch.bincount(prob * 16 + slot, minlength=16 * n).reshape(n, 16).sum(-1), count)
+    assert (slot < count[prob]).all()
+    ang = torch.atan2(uv[:, 0], uv[:, 1])  # the projective point as an angle modulo pi
+    want = torch.atan(z)
+    want[80:120, 0] = math.pi / 2  # the root at infinity
+    d = (ang[:, None] - want[prob]).remainder(math.pi)
+    d = torch.minimum(d, math.pi - d).amin(-1)
+    assert d.max() < 1e-7 and d.median() < 1e-13
+
+
 # ------------------------------------------------------------------------------------------------ 5-point
 
 
@@ -76,7 +108,7 @@ def test_5point_noise_free_float64():
     sol = essential_5point(x1, x2)
     assert sol.E.shape == (400, 10, 3, 3) and sol.valid.shape == (400, 10) and sol.success.shape == (400,)
     err = _best_solution_error(sol, s.E)
-    assert (err <= 1e-6).float().mean() >= 0.99  # a few random minimal samples are very ill-conditioned
+    assert (err <= 1e-6).float().mean() >= 0.995  # a few random minimal samples are very ill-conditioned
     assert err.median() < 1e-12
     # every valid solution satisfies the epipolar and the essential constraints
     Ev = sol.E[sol.valid]
@@ -98,8 +130,22 @@ def test_5point_float32():
     sol = essential_5point(x1, x2)
     assert sol.E.dtype == torch.float32
     err = _best_solution_error(sol, s.E)
-    assert (err <= 1e-2).float().mean() >= 0.85
-    assert err.median() < 1e-4
+    # solved in float64 internally: only the float32 rounding of inputs and outputs remains
+    assert (err <= 1e-3).float().mean() >= 0.99
+    assert err.median() < 1e-5
+
+
+def test_5point_chunks(monkeypatch):
+    e5 = importlib.import_module("torch3dv.solvers.essential_5point")  # (the package re-exports the function)
+
+    s = two_view_scene(150, 5, seed=24)
+    x1, x2 = _normalized(s)
+    ref = essential_5point(x1, x2)
+    for chunk in (64, 70):  # 64: chunks padded with degenerate problems
+        monkeypatch.setattr(e5, "_CHUNK", chunk)
+        sol = essential_5point(x1, x2)
+        assert torch.equal(sol.valid, ref.valid)
+        torch.testing.assert_close(sol.E, ref.E, rtol=0, atol=1e-9)  # rounding differs with the batch layout
 
 
 def test_5point_batched_leading_dims():

@@ -3,29 +3,30 @@
 Coefficients are stored in ascending order: ``c[..., i]`` multiplies ``z**i``; a polynomial of degree m has
 m + 1 coefficients (leading zeros allowed, the formal degree then exceeds the true one).
 
-Real roots (:func:`real_roots`, :func:`real_roots_homogeneous`) are found without eigenvalues, fully batched and
-without a Python loop over problems:
+Real roots (:func:`real_roots_list`, :func:`real_roots_homogeneous`, :func:`real_roots`) are found without
+eigenvalues, fully batched and without a Python loop over problems:
 
-* The real line is covered by two bounded charts: ``z`` in [-1, 1] for ``p`` and ``w = 1 / z`` in (-1, 1) for the
-  reversed polynomial ``w**m p(1 / w)`` (its coefficients flipped). Every real root of ``p``, including one "at
+* The real line is covered by two bounded charts: ``z`` in [-b, b] for ``p`` and ``w = 1 / z`` in [-1 / b, 1 / b]
+  for the reversed polynomial ``w**m p(1 / w)`` (its coefficients flipped), b = 1 + 2^-6; the second is rescaled
+  to ``s = w b^2`` in [-b, b] so that both share one grid. Every real root of ``p``, including one "at
   infinity" when the leading coefficient vanishes, lies in exactly one chart, and every chart is bounded.
-* Fast path: ``p`` and ``p'`` are evaluated on a uniform grid of each chart with one matrix product; every cell
-  with a sign change of ``p`` brackets a root, and a cell with a sign change of ``p'`` but not of ``p`` whose end
-  values are within a Taylor bound of zero is split at the root of ``p'`` (a close pair of roots).
-* Verification: the number of distinct real roots of each chart is counted with a Sturm sequence; rows where
-  the fast path found a different number (clusters of roots inside one cell, about 5% of the 5-point
-  polynomials) are redone with the derivative cascade: the real roots of ``p^(j+1)`` split [-1, 1] into
-  intervals on which ``p^(j)`` is monotone, so going from the linear ``p^(m-1)`` down to ``p`` isolates every
-  real root (exact up to rounding, but about five times slower).
+* Isolation by Sturm counts: the Sturm sequence of each chart polynomial is computed once (coefficients, each
+  remainder scaled to unit max-abs), and its sign variations at the points of a coarse grid give the exact number
+  of distinct real roots in every cell (all sequence polynomials are evaluated together by one Horner pass). Cells holding two or more roots (close pairs are common:
+  about a quarter of the 5-point polynomials have a pair closer than 1/16) are split again, up to ``levels``
+  times; cells holding one root become brackets. Where a remainder of the sequence loses a degree (the count
+  cannot be trusted, very rare in float64) every first-level cell is split once and sign changes decide.
 * Each bracketed root is found by a bracketed Newton iteration (Newton step when it stays inside the bracket,
   bisection otherwise), started at the regula-falsi point and iterated until the step is below
-  ``eps^(2/3)``. Only brackets with a sign change are iterated (compacted first).
+  ``eps^(2/3)``; the few slow brackets are compacted and iterated further.
 
-Exact double roots (tangential zeros without a sign change) are not reported, as by any sign-based method; they
-are ill-conditioned anyway. In float32 the Sturm count itself can be wrong for degree 10, so the verification is
-weaker there. The result carries no gradient (everything runs under ``torch.no_grad``); callers that need
-derivatives take one Newton step with autograd from the detached root, ``z = z0 - p(z0) / p'(z0)``, which yields
-the implicit-function gradient ``dz = -dp(z0) / p'(z0)``: see :func:`newton_step`.
+Exact double roots (tangential zeros without a sign change) are not reported, as by any sign-based method, and
+roots closer than the finest cell (``2 / (grid * subgrid^(levels - 1))``) are reported only when their number is
+odd (then one of them); both are ill-conditioned anyway. In float32 the Sturm count itself can be wrong for degree
+10, so use float64 for high degrees. The result carries no gradient (everything runs under ``torch.no_grad``);
+callers that need derivatives take one Newton step with autograd from the detached root,
+``z = z0 - p(z0) / p'(z0)``, which yields the implicit-function gradient ``dz = -dp(z0) / p'(z0)``: see
+:func:`newton_step`.
 """
 
 from __future__ import annotations
@@ -126,240 +127,327 @@ def newton_step(c: Tensor, z0: Tensor) -> Tensor:
     return z0 - p / dp
 
 
-def _bracketed_newton(qT: Tensor, lo: Tensor, hi: Tensor, ql: Tensor, qh: Tensor, max_iter: int) -> Tensor:
-    """Root of ``q`` (coefficients transposed: (k + 1, V)), monotone on [lo, hi] (V,), ``ql * qh <= 0``.
+# ------------------------------------------------------------------------------------------------ real roots
 
-    The coefficient-major layout keeps every Horner step a contiguous vector operation.
+
+def _normalise_rows(c: Tensor) -> Tensor:
+    """Scales the rows of ``c`` (R, k) to unit max-abs; zero or non-finite rows become zero."""
+    return torch.nan_to_num(c / c.abs().amax(-1, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _sturm_sequence(PT: Tensor) -> tuple[Tensor, Tensor]:
+    """Sturm sequences of the columns of ``PT`` (m + 1, R) (ascending coefficients, unit max-abs).
+
+    ``s_0 = p``, ``s_1 = p'``, ``s_(k+1) = -rem(s_(k-1), s_k)``. Each polynomial is kept as coefficients and
+    evaluated directly: the equivalent three-term recurrence is unstable where the roots cluster (tiny
+    remainders).
+
+    Returns:
+        Sq (m + 1, m + 1, R): ``Sq[i, k]`` is the coefficient of ``x^i`` in ``s_k`` (degree m - k; zero above);
+        reliable (R,): False where a remainder lost a degree (leading coefficient below ``1e3 eps`` of its largest)
+        or vanished (repeated roots), i.e. where the count cannot be trusted (Sq may then hold inf/NaN). Zero
+        columns (no roots) count as reliable.
     """
-    s = torch.where(qh >= ql, 1.0, -1.0).to(qT.dtype)  # orient so that g = s q is increasing
-    g = qT * s
-    gl, gh = ql * s, qh * s
-    eps = torch.finfo(qT.dtype).eps
-    # a Newton step of size d leaves an error ~ d^2: stopping at |d| < eps^(2/3) is converged to rounding
-    tol = eps ** (2.0 / 3.0)
-    den = gh - gl
-    frac = torch.where(den > 0, -gl / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(den, 0.5))
-    x = lo + (hi - lo) * frac.clamp(0.0, 1.0)
-    k = g.shape[0] - 1
-    kk = torch.arange(1, k + 1, dtype=g.dtype, device=g.device)[:, None]
-    dg = g[1:] * kk
-    out = x.clone()
-    active = None  # indices into out of the rows still iterating (None = all)
-    conv = torch.zeros_like(x, dtype=torch.bool)
-    for it in range(max_iter):
-        v = g[k]
-        dv = dg[k - 1]
-        for i in range(k - 1, -1, -1):
-            v = torch.addcmul(g[i], v, x)
-            if i >= 1:
-                dv = torch.addcmul(dg[i - 1], dv, x)
-        lo = torch.where(v > 0, lo, x)
-        hi = torch.where(v < 0, hi, x)
-        xn = x - v / dv
-        inside = (xn >= lo) & (xn <= hi)
-        xnew = torch.where(inside, xn, 0.5 * (lo + hi))
-        xnew = torch.where(v == 0, x, xnew)
-        small = ((xnew - x).abs() <= tol) | ((hi - lo) <= 4 * eps)
-        x = torch.where(conv, x, xnew)
-        conv = conv | small
-        last = it == max_iter - 1
-        if it % 2 == 1 or last:
-            ndone = int(conv.sum())
-            if ndone == conv.numel() or last:
-                if active is None:
-                    out = x
-                else:
-                    out[active] = x
-                break
-            if ndone > 0.25 * conv.numel():
-                keep = (~conv).nonzero(as_tuple=True)[0]
-                fin = conv.nonzero(as_tuple=True)[0]
-                if active is None:
-                    out[fin] = x[fin]
-                    active = keep
-                else:
-                    out[active[fin]] = x[fin]
-                    active = active[keep]
-                x, lo, hi, conv = x[keep], lo[keep], hi[keep], conv[keep]
-                g, dg = g[:, keep], dg[:, keep]
-    return out
+    m = PT.shape[0] - 1
+    dtype = PT.dtype
+    Sq = PT.new_zeros(m + 1, m + 1, PT.shape[1])
+    Sq[:, 0] = PT
+    b = torch.mul(PT[1:], torch.arange(1, m + 1, dtype=dtype, device=PT.device)[:, None], out=Sq[:m, 1])
+    a = PT
+    # no rescaling between steps (only signs matter, and the remainders of degree <= 10 stay far from
+    # overflow unless the sequence degenerates, which the reliability test below catches)
+    for k in range(2, m + 1):
+        d = m + 1 - k  # degree of b; a has degree d + 1
+        lc = b[d]
+        q1 = a[d + 1] / lc
+        t = torch.addcmul(a[1:d + 1], b[:d], q1, value=-1.0)  # coefficients 1..d of a - q1 z b
+        r = torch.cat([a[:1], t[:-1]]).addcmul_(b[:d], t[d - 1] / lc, value=-1.0)  # remainder, degree d - 1
+        a, b = b, torch.neg(r, out=Sq[:d, k])
+    # leading coefficients relative to each polynomial's largest: a degree drop or a vanished remainder (also
+    # inf/NaN) is unreliable
+    big = torch.maximum(Sq.amax(0), Sq.amin(0).neg_())  # (m + 1, R) max-abs (no full-size temporary)
+    k = torch.arange(m + 1, device=PT.device)
+    lead = Sq.reshape((m + 1) ** 2, -1).index_select(0, (m - k) * (m + 1) + k)  # (m + 1, R): Sq[m - k, k]
+    reliable = (lead[1:].abs() > 1e3 * torch.finfo(dtype).eps * big[1:]).all(0)
+    return Sq, reliable | (big[0] == 0)
 
 
-def _horner_T(cT: Tensor, x: Tensor) -> Tensor:
-    """Horner with coefficient-major layout: cT (m + 1, *S) against x (K, *S) -> (K, *S)."""
+def _sturm_eval(Sq: Tensor, x: Tensor, p: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Values of p and Sturm sign variations at points ``x`` (J, K) (or (J, 1): the same points for all) for the
+    columns (K) of the sequences Sq; returns p (J, K) and the variations (J, K).
+
+    A zero counts as positive (-0.0 as negative), consistently for p and for the count, so that a cell
+    ``(x_j, x_(j+1)]`` holds ``var_j - var_(j+1)`` distinct roots and p changes sign over it iff it holds an odd
+    number (up to rounding). ``p``: the values of p at ``x`` when already known. All the polynomials of the
+    sequence are evaluated together (zero-padded Horner; points-major layout keeps the long axis innermost).
+    """
+    m = Sq.shape[0] - 1
+    c = Sq.unsqueeze(2).unbind(0)  # per power: (m + 1 polynomials, 1, K)
+    S = torch.addcmul(c[m - 1], c[m], x)
+    for i in range(m - 2, -1, -1):
+        S = torch.addcmul(c[i], S, x, out=S)
+    if p is not None:
+        S[0] = p
+    neg = torch.signbit(S)
+    var = (neg[1:] != neg[:-1]).view(torch.uint8).sum(0, dtype=torch.uint8).to(torch.int16)
+    return S[0], var
+
+
+def _newton_iter(C: tuple[Tensor, ...], x: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One safeguarded Newton step for increasing-oriented brackets (g(lo) <= 0 <= g(hi)).
+
+    ``C``: the m + 1 rows (2, V) of the stacked coefficients of g and g' (g' padded with a zero leading
+    coefficient), so that one Horner pass evaluates both.
+    """
+    m = len(C) - 1
+    pd = torch.addcmul(C[m - 1], C[m], x)
+    for i in range(m - 2, -1, -1):
+        pd = torch.addcmul(C[i], pd, x, out=pd)
+    v, dv = pd.unbind(0)
+    up = torch.heaviside(v, _ZERO.to(v))  # 1 where g(x) > 0: x becomes the upper end
+    hi = torch.lerp(hi, x, up)
+    lo = torch.lerp(x, lo, up)
+    # a non-finite Newton point (p' = 0) is moved outside every chart, hence rejected in favour of bisection
+    xn = torch.nan_to_num(torch.addcdiv(x, v, dv, value=-1.0), nan=4.0, posinf=4.0, neginf=4.0)
+    inside = ((xn >= lo) & (xn <= hi)).to(x.dtype)
+    return torch.lerp(torch.lerp(lo, hi, 0.5), xn, inside), lo, hi
+
+
+_ZERO = torch.zeros(())
+
+
+def _bracketed_newton(cT: Tensor, lo: Tensor, hi: Tensor, plo: Tensor, phi: Tensor, iters: int,
+                      max_iter: int) -> Tensor:
+    """Roots of the columns of ``cT`` (m + 1, V) in brackets [lo, hi] (V,) over which p changes sign.
+
+    Newton from the regula-falsi point; a step leaving the (shrinking) bracket is replaced by bisection. All
+    brackets take ``iters`` steps together; then, up to ``max_iter`` steps in all, the unconverged ones
+    (|step| > ``eps^(2/3)``: a Newton step of that size leaves an error ~ its square) are compacted and iterated.
+    """
+    dtype = cT.dtype
     m = cT.shape[0] - 1
-    v = cT[m].expand_as(x)
-    for i in range(m - 1, -1, -1):
-        v = torch.addcmul(cT[i], v, x)
-    return v
+    x = lo.new_empty(lo.shape)
+    if x.numel() == 0:
+        return x
+    s = torch.sign(phi - plo)  # exactly one end is negative: never 0
+    C = cT.new_zeros(m + 1, 2, cT.shape[1])
+    g = torch.mul(cT, s, out=C[:, 0])
+    torch.mul(g[1:], torch.arange(1, m + 1, dtype=dtype, device=cT.device)[:, None], out=C[:-1, 1])
+    glo, ghi = plo * s, phi * s
+    frac = torch.nan_to_num(glo / (glo - ghi), nan=0.5).clamp_(0.0, 1.0)
+    x = torch.addcmul(lo, hi - lo, frac)
+    eps = torch.finfo(dtype).eps
+    tol = eps ** (2.0 / 3.0)
+    Cv = C.unbind(0)
+    n_first = min(iters, max_iter)
+    for k in range(n_first):
+        if k == n_first - 1:
+            x_prev = x
+        x, lo, hi = _newton_iter(Cv, x, lo, hi)
+    done = n_first
+    if done >= max_iter:
+        return x
+    d = (x - x_prev).abs()
+    idx = ((d > tol) & (hi - lo > 4 * eps)).nonzero()[:, 0]
+    while idx.numel() > 0 and done < max_iter:
+        xs, los, his = x.index_select(0, idx), lo.index_select(0, idx), hi.index_select(0, idx)
+        Cs = _gather_cols(C.reshape(-1, C.shape[2]), idx).reshape(C.shape[0], 2, -1).unbind(0)
+        for k in range(min(4, max_iter - done)):
+            xp = xs
+            xs, los, his = _newton_iter(Cs, xs, los, his)
+            done += 1
+        x, lo, hi = x.index_copy(0, idx, xs), lo.index_copy(0, idx, los), hi.index_copy(0, idx, his)
+        d = (xs - xp).abs()
+        idx = idx.index_select(0, ((d > tol) & (his - los > 4 * eps)).nonzero()[:, 0])
+    return x
 
 
-_GRIDS: dict = {}
+# chart z covers [-_CHART, _CHART] and chart w the rest: a root at exactly z = +-1 (a zero at the end of a chart
+# has no sign change to detect) is inside a chart
+_CHART = 1.0 + 2.0**-6
 
 
-def _grid(G: int, m: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Grid points (G + 1,) on [-1, 1] and the matrix (m + 1, 2 (G + 1)) evaluating p and p' there."""
-    key = (G, m, dtype, device)
-    out = _GRIDS.get(key)
-    if out is None:
-        x = torch.linspace(-1.0, 1.0, G + 1, dtype=torch.float64)
-        i = torch.arange(m + 1, dtype=torch.float64)[:, None]
-        V = x[None, :] ** i  # (m + 1, G + 1)
-        D = torch.zeros_like(V)
-        D[1:] = i[1:] * x[None, :] ** (i[1:] - 1)
-        out = (x.to(dtype=dtype, device=device), torch.cat([V, D], 1).to(dtype=dtype, device=device))
-        _GRIDS[key] = out
-    return out
+class RootList(NamedTuple):
+    """Real roots of a batch of polynomials as a flat list (a variable number per polynomial).
+
+    Attributes:
+        index: (K,) long, the polynomial (row) each root belongs to.
+        slot: (K,) long, a distinct position 0, 1, ... of the root within its row (``slot < count``).
+        roots: (K, 2) homogeneous pairs ``(u, v)``, ``z = u / v``, ``max(|u|, |v|) = 1``.
+    """
+
+    index: Tensor
+    slot: Tensor
+    roots: Tensor
+
+
+def _gather_cols(X: Tensor, idx: Tensor) -> Tensor:
+    """``X[:, idx]`` for X (k, K): ``gather`` is several times faster on CPU than ``index_select`` along dim 1."""
+    return torch.gather(X, 1, idx[None].expand(X.shape[0], idx.numel()))
+
+
+def _cumsum0(c: Tensor) -> Tensor:
+    """Inclusive cumulative sum along dim 0 by doubling (log2 steps); several times faster than ``cumsum(0)`` for
+    short dim 0 and long rows on CPU. (Counts must fit the dtype.)"""
+    s = 1
+    while s < c.shape[0]:
+        c = torch.cat([c[:s], c[s:] + c[:-s]])
+        s *= 2
+    return c
+
+
+def _level(PT: Tensor, Sq: Tensor, x: Tensor, G: int, F: int, force: Tensor | None, trust: Tensor | None,
+           last: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """One isolation level on the cells of the columns of PT (m + 1, K) / Sq (m + 1, m + 1, K).
+
+    p is evaluated on the G F + 1 points ``x`` ((G F + 1, K), or (G F + 1, 1) shared). The Sturm count over the
+    whole cell (its two ends) is compared with the sign changes of p; only where they differ (a few percent of
+    the cells: two or more roots within a fine cell) is the sequence evaluated on every F-th point, and a coarse
+    cell is refined when it holds more roots than its F fine cells separate (only where ``trust``; everywhere
+    when ``trust`` is None; always where ``force``; never at the ``last`` level, where every sign change is a
+    leaf).
+
+    Returns leaf (G F, K) (fine cells bracketing one root each), refine (G, K) and p (G F + 1, K).
+    """
+    m = PT.shape[0] - 1
+    K = PT.shape[1]
+    pc = PT.unsqueeze(1).unbind(0)
+    p = torch.addcmul(pc[m - 1], pc[m], x)
+    for i in range(m - 2, -1, -1):
+        p = torch.addcmul(pc[i], p, x, out=p)
+    neg = torch.signbit(p)
+    change = neg[1:] != neg[:-1]  # (G F, K)
+    refine = torch.zeros(G, K, dtype=torch.bool, device=PT.device)
+    if last:
+        return change, refine, p
+    nsc = change.reshape(G, F, K).view(torch.uint8).sum(1, dtype=torch.int16)  # (G, K)
+    ends = [0, G * F]
+    _, var = _sturm_eval(Sq, x[ends] if x.shape[1] > 1 else x[ends], p=p[ends])
+    bad = (var[0] - var[1]) > nsc.sum(0)
+    if trust is not None:
+        bad &= trust
+    if force is not None:
+        bad |= force
+    idx = bad.nonzero()[:, 0]
+    if idx.numel() == 0:
+        return change, refine, p
+    xs = x[::F] if x.shape[1] == 1 else _gather_cols(x[::F], idx)
+    Sqs = _gather_cols(Sq.reshape(-1, K), idx).reshape(m + 1, m + 1, -1)
+    _, var = _sturm_eval(Sqs, xs, p=_gather_cols(p[::F], idx))
+    cnt = var[:-1] - var[1:]
+    sub = (cnt >= 2) & (cnt > _gather_cols(nsc, idx))
+    if force is not None:
+        sub |= force.index_select(0, idx)
+    refine.index_copy_(1, idx, sub)
+    return change & ~refine.repeat_interleave(F, 0), refine, p
+
+
+def _cells(mask: Tensor, x: Tensor, p: Tensor, rows: Tensor | None, by_row: bool = True) -> tuple[Tensor, ...]:
+    """(row, lo, hi, p(lo), p(hi), j) of the cells flagged in ``mask`` (G, K) of the grids ``x`` ((G + 1, K) or
+    (G + 1, 1)) and ``p`` (G + 1, K); ordered by column (so by row when ``rows`` is sorted) if ``by_row``, else by
+    cell index (cheaper: no transposed scan)."""
+    K = mask.shape[1]
+    if by_row:
+        kj = mask.t().nonzero()
+        ki, j = kj[:, 0], kj[:, 1]
+        pos = j * K + ki
+    else:
+        pos = mask.reshape(-1).nonzero()[:, 0]
+        j, ki = pos // K, pos % K
+    xf, pf = x.reshape(-1), p.reshape(-1)
+    if x.shape[1] == 1:
+        xlo, xhi = xf.index_select(0, j), xf.index_select(0, j + 1)
+    else:
+        xlo, xhi = xf.index_select(0, pos), xf.index_select(0, pos + K)
+    r = ki if rows is None else rows.index_select(0, ki)
+    return r, xlo, xhi, pf.index_select(0, pos), pf.index_select(0, pos + K), pos
 
 
 @torch.no_grad()
-def _grid_chart_roots(P: Tensor, max_iter: int, G: int) -> tuple[Tensor, Tensor]:
-    """Real roots in [-1, 1] of the rows of ``P`` (R, m + 1).
+def real_roots_list(c: Tensor, grid: int = 8, fine: int = 8, subgrid: int = 8, levels: int = 6,
+                    iters: int = 8, max_iter: int | None = None) -> RootList:
+    """All real roots (roots at infinity included) of the rows of ``c`` (R, m + 1), as a flat list.
 
-    Returns (rows, roots): the row index and value of every root found (variable count).
+    Isolation by Sturm counts on a grid of each chart, refined where a cell holds two or more roots that the
+    sign changes of p on a finer grid do not separate (see the module docstring); each isolated root is then
+    found by bracketed Newton.
+
+    Args:
+        c: ascending coefficients (R, m + 1), m >= 1. Rows that are zero or not finite have no roots.
+        grid: cells per chart with a Sturm count at the first level.
+        fine: each of them is split into ``fine`` cells on which only the sign of p is checked.
+        subgrid: cells with a Sturm count each refined cell is split into (then ``fine`` cells each again).
+        levels: maximum number of levels (fine cells of width ``2 b / (grid * subgrid^(levels - 1) * fine)``, about
+            1e-6 by default, are not split further).
+        iters: Newton/bisection steps taken by every root.
+        max_iter: cap on the steps of the slowest roots (default: enough for bisection to reach rounding);
+            ``max_iter = iters`` stops after ``iters`` steps (a root then may carry an error above rounding, for
+            callers that polish their solutions anyway).
     """
-    m = P.shape[1] - 1
-    dtype, device = P.dtype, P.device
-    s = P.abs().amax(-1, keepdim=True)
-    P = P / torch.where(s > 0, s, torch.ones_like(s))
-    x, VD = _grid(G, m, dtype, device)
-    h = 2.0 / G
-    vals = P @ VD  # (R, 2 (G + 1)): p and p' on the grid
-    neg = vals < 0
-    change = neg[:, 1: G + 1] ^ neg[:, :G]  # sign change of p in the cell (a zero counts as positive)
-    dchange = neg[:, G + 2:] ^ neg[:, G + 1: 2 * G + 1]
-    # a cell without a sign change of p but with one of p' may hide a pair of close roots; p can only reach
-    # zero inside if |p| at both ends is within the Taylor bound |p'| h + M2 h^2 / 2 (M2 bounds |p''|)
-    prow, pcol = (dchange & ~change).nonzero(as_tuple=True)
-    rows_l, los, his, pls, phs = [], [], [], [], []
-    if prow.numel() > 0:
-        i = torch.arange(m + 1, dtype=dtype, device=device)
-        M2 = (P[prow].abs() * (i * (i - 1))).sum(-1)
-        pl, ph = vals[prow, pcol], vals[prow, pcol + 1]
-        dl, dh = vals[prow, pcol + G + 1], vals[prow, pcol + G + 2]
-        bound = 0.5 * M2 * h * h
-        near = (pl.abs() <= dl.abs() * h + bound) & (ph.abs() <= dh.abs() * h + bound)
-        prow, pcol, pl, ph, dl, dh = prow[near], pcol[near], pl[near], ph[near], dl[near], dh[near]
-    if prow.numel() > 0:
-        a, b = x[pcol], x[pcol + 1]
-        Pp = P[prow]
-        c = _bracketed_newton(polyder(Pp).t().contiguous(), a, b, dl, dh, max_iter)
-        pc = _horner_T(Pp.t().contiguous(), c[None])[0]
-        split = (pc * pl) <= 0
-        prow, a, b, c, pc, pl, ph = prow[split], a[split], b[split], c[split], pc[split], pl[split], ph[split]
-        rows_l += [prow, prow]
-        los += [a, c]
-        his += [c, b]
-        pls += [pl, pc]
-        phs += [pc, ph]
-    crow, ccol = change.nonzero(as_tuple=True)
-    rows_l.append(crow)
-    los.append(x[ccol])
-    his.append(x[ccol + 1])
-    pls.append(vals[crow, ccol])
-    phs.append(vals[crow, ccol + 1])
-    rows = torch.cat(rows_l)
-    if rows.numel() == 0:
-        return rows, P.new_zeros(0)
-    lo, hi, ql, qh = torch.cat(los), torch.cat(his), torch.cat(pls), torch.cat(phs)
-    r = _bracketed_newton(P[rows].t().contiguous(), lo, hi, ql, qh, max_iter)
-    return rows, r
-
-
-@torch.no_grad()
-def _cascade_chart_roots(P: Tensor, max_iter: int) -> tuple[Tensor, Tensor]:
-    """Real roots in [-1, 1] of the rows of ``P`` (R, m + 1) by the derivative cascade (robust, slower).
-
-    Returns (rows, roots) like :func:`_grid_chart_roots`.
-    """
-    R, m1 = P.shape
+    if c.ndim != 2 or c.shape[-1] < 2:
+        raise ValueError(f"need coefficients of shape (R, m + 1) with m >= 1, got {tuple(c.shape)}")
+    n, m1 = c.shape
     m = m1 - 1
-    dtype, device = P.dtype, P.device
-    PT = P.t().contiguous()
-
-    def normalise(c):
-        s = c.abs().amax(0, keepdim=True)
-        return c / torch.where(s > 0, s, torch.ones_like(s))
-
-    ders = [normalise(PT)]
-    for _ in range(m - 1):
-        d = ders[-1]
-        kk = torch.arange(1, d.shape[0], dtype=dtype, device=device)[:, None]
-        ders.append(normalise(d[1:] * kk))
-    breaks = PT.new_zeros(0, R)
-    minus = torch.full((1, R), -1.0, dtype=dtype, device=device)
-    plus = torch.full((1, R), 1.0, dtype=dtype, device=device)
-    valid = torch.zeros(0, R, dtype=torch.bool, device=device)
-    for k in range(1, m + 1):
-        q = ders[m - k]  # degree k, (k + 1, R)
-        lo = torch.cat([minus, breaks], 0)  # (k, R)
-        hi = torch.cat([breaks, plus], 0)
-        ends = _horner_T(q, torch.cat([minus, breaks, plus], 0))  # (k + 1, R)
-        ql, qh = ends[:-1], ends[1:]
-        valid = ((ql < 0) & (qh >= 0)) | ((ql > 0) & (qh <= 0))
-        valid[0] |= (ql[0] == 0) & (qh[0] != 0)
-        valid &= lo <= hi
-        roots = lo.clone()
-        ivs, cols = valid.nonzero(as_tuple=True)
-        if cols.numel() > 0:
-            roots[ivs, cols] = _bracketed_newton(q[:, cols], lo[ivs, cols], hi[ivs, cols], ql[ivs, cols],
-                                                 qh[ivs, cols], max_iter)
-        breaks = roots
-    rows, ivs = valid.t().nonzero(as_tuple=True)
-    return rows, breaks.t()[rows, ivs]
-
-
-@torch.no_grad()
-def _sturm_count(P: Tensor) -> tuple[Tensor, Tensor]:
-    """Number of distinct real roots in (-1, 1] of the rows of ``P`` (R, m + 1) from a Sturm sequence.
-
-    Returns (count (R,), reliable (R,)); ``reliable`` is False where the remainder sequence lost a degree
-    (its leading coefficient vanished relative to the rest), i.e. where the count cannot be trusted.
-    """
-    R, m1 = P.shape
-    dtype = P.dtype
-    tiny = torch.finfo(dtype).tiny
-
-    def normalise(c):
-        s = c.abs().amax(-1, keepdim=True)
-        return c / torch.where(s > tiny, s, torch.ones_like(s))
-
-    a = normalise(P)
-    b = normalise(polyder(a))
-
-    def alt(c):  # value at -1
-        sgn = 1.0 - 2.0 * (torch.arange(c.shape[-1], device=c.device) % 2).to(dtype)
-        return (c * sgn).sum(-1)
-
-    at_m1 = [alt(a), alt(b)]
-    at_p1 = [a.sum(-1), b.sum(-1)]
-    reliable = (a.abs().amax(-1) > 0) & (b[:, -1].abs() > 1e3 * torch.finfo(dtype).eps)
-    for _ in range(m1 - 2):
-        lc = b[:, -1]
-        reliable &= lc.abs() > 1e3 * torch.finfo(dtype).eps
-        lc = torch.where(lc != 0, lc, torch.ones_like(lc))
-        q1 = a[:, -1] / lc
-        r = a[:, :-1] - q1[:, None] * torch.cat([torch.zeros_like(b[:, :1]), b[:, :-1]], -1)
-        q0 = r[:, -1] / lc
-        r = -(r - q0[:, None] * b)[:, :-1]
-        a, b = b, normalise(r)
-        at_m1.append(alt(b))
-        at_p1.append(b.sum(-1))
-
-    def variations(vals):
-        last = torch.zeros(R, dtype=dtype, device=P.device)
-        count = torch.zeros(R, dtype=torch.long, device=P.device)
-        for v in vals:
-            sv = torch.sign(v)
-            count += ((sv * last) < 0).long()
-            last = torch.where(sv != 0, sv, last)
-        return count
-
-    return variations(at_m1) - variations(at_p1), reliable
+    dtype, device = c.dtype, c.device
+    if max_iter is None:
+        max_iter = 64 if dtype == torch.float64 else 32
+    # column 2 i: chart z in [-b, b]; column 2 i + 1: chart w = 1 / z in [-1 / b, 1 / b], as s = w b^2 in [-b, b]
+    # (reversed coefficients scaled by b^(-2 i)), so that both charts share one grid
+    scale = _CHART ** (-2.0 * torch.arange(m1, dtype=dtype, device=device))[:, None]
+    cT = c.t()
+    PT = torch.stack([cT, cT.flip(0) * scale], 2).reshape(m1, 2 * n)
+    PT = torch.nan_to_num(PT / PT.abs().amax(0), nan=0.0, posinf=0.0, neginf=0.0)  # zero / non-finite: no roots
+    Sq, reliable = _sturm_sequence(PT)
+    R = 2 * n
+    # level 0: p on a fine grid, Sturm counts on every ``fine``-th point (points-major layouts)
+    xf = torch.linspace(-_CHART, _CHART, grid * fine + 1, dtype=dtype, device=device)[:, None]
+    leaf, refine, pf = _level(PT, Sq, xf, grid, fine, ~reliable, None)
+    *first, pos0 = _cells(leaf, xf, pf, None, by_row=False)
+    # slots of the first-level roots: rank along the grid, chart w after chart z
+    csum = _cumsum0(leaf.view(torch.uint8))
+    tot = csum[-1].reshape(n, 2)[:, 0].repeat_interleave(2).long()  # chart-z count of the problem
+    slot0 = csum.reshape(-1).index_select(0, pos0).long() - 1 + (first[0] & 1) * tot.index_select(0, first[0])
+    found = [first]
+    rows, lo, hi, _, _, _ = _cells(refine, xf[::fine], pf[::fine], None)
+    t = torch.linspace(0.0, 1.0, subgrid * fine + 1, dtype=dtype, device=device)[:, None]
+    for level in range(1, levels):
+        if rows.numel() == 0:
+            break
+        x = torch.addcmul(lo, hi - lo, t)  # (subgrid * fine + 1, K)
+        # rows with unreliable counts had every first-level cell split; from here sign changes decide for them
+        last = level == levels - 1
+        leaf, refine, p = _level(_gather_cols(PT, rows), _gather_cols(Sq.reshape(m1 * m1, R), rows).reshape(m1, m1, -1),
+                                 x, subgrid, fine, None, reliable.index_select(0, rows), last)
+        found.append(_cells(leaf, x, p, rows)[:5])
+        if last:
+            break
+        rows, lo, hi, _, _, _ = _cells(refine, x[::fine], p[::fine], rows)
+    r_rows, blo, bhi, plo, phi = (torch.cat(v) for v in zip(*found)) if len(found) > 1 else first
+    r = _bracketed_newton(_gather_cols(PT, r_rows), blo, bhi, plo, phi, iters, max_iter)
+    prob = r_rows >> 1
+    slot = slot0
+    L = len(found)
+    if L > 1:
+        # later levels: after all first-level roots of the problem; their list is sorted by (level, problem)
+        n0 = slot0.numel()
+        probL = prob[n0:]
+        level_id = torch.repeat_interleave(torch.arange(1, L, device=device),
+                                           torch.tensor([v[0].numel() for v in found[1:]], device=device))
+        key = (level_id - 1) * n + probL
+        counts = torch.bincount(key, minlength=(L - 1) * n)
+        start = counts.cumsum(0) - counts
+        offset = counts.reshape(L - 1, n).cumsum(0).reshape(-1) - counts
+        offset += torch.bincount(prob[:n0], minlength=n).repeat(L - 1)
+        slot = torch.cat([slot0, torch.arange(probL.numel(), device=device) - start.index_select(0, key)
+                          + offset.index_select(0, key)])
+    cf = (r_rows & 1).to(dtype)
+    one = torch.ones_like(r)
+    uv = torch.stack([torch.lerp(r, one, cf), torch.lerp(one, r * _CHART ** -2, cf)], -1)
+    return RootList(prob, slot, uv)
 
 
 @torch.no_grad()
-def real_roots_homogeneous(c: Tensor, max_iter: int | None = None, grid: int = 32) -> RealRoots:
+def real_roots_homogeneous(c: Tensor, max_iter: int | None = None, grid: int = 8) -> RealRoots:
     """All real roots of polynomials, as homogeneous pairs (covers roots at infinity).
 
     Args:
@@ -367,57 +455,31 @@ def real_roots_homogeneous(c: Tensor, max_iter: int | None = None, grid: int = 3
             non-finite have no valid roots.
         max_iter: cap on bracketed-Newton iterations per root (default: enough for bisection to reach the
             dtype's precision on [-1, 1]).
-        grid: cells per chart of the fast path.
+        grid: cells per chart at the first isolation level (see :func:`real_roots_list`).
 
     Returns:
-        ``RealRoots`` with roots (..., m, 2) = (u, v), z = u / v, and valid (..., m).
+        ``RealRoots`` with roots (..., m, 2) = (u, v), z = u / v, and valid (..., m) (valid slots first).
     """
     lead = c.shape[:-1]
     m = c.shape[-1] - 1
     if m < 1:
         raise ValueError(f"need degree >= 1, got coefficients of shape {tuple(c.shape)}")
-    if max_iter is None:
-        max_iter = 64 if c.dtype == torch.float64 else 32
     c = c.reshape(-1, m + 1)
     n = c.shape[0]
-    finite = torch.isfinite(c).all(-1)
-    c = torch.where(finite[:, None], c, torch.zeros_like(c))
-    P = torch.stack([c, c.flip(-1)], 1).reshape(2 * n, m + 1)  # row 2 i: chart z, row 2 i + 1: chart w = 1 / z
-    uv = torch.zeros(n, m, 2, dtype=c.dtype, device=c.device)
-    uv[..., 1] = 1
-    valid = torch.zeros(n, m, dtype=torch.bool, device=c.device)
-    rows, r = _grid_chart_roots(P, max_iter, grid)
-    # the grid can miss clusters of roots inside one cell: verify the count per chart with a Sturm sequence
-    # and redo the rows that disagree with the (exact, slower) derivative cascade
-    found = torch.bincount(rows, minlength=2 * n)
-    expected, reliable = _sturm_count(P)
-    redo = (found != expected) | ~reliable
-    if bool(redo.any()):
-        ridx = redo.nonzero(as_tuple=True)[0]
-        keep = ~redo[rows]
-        rows2, r2 = _cascade_chart_roots(P[ridx], max_iter)
-        rows, r = torch.cat([rows[keep], ridx[rows2]]), torch.cat([r[keep], r2])
-    if rows.numel() > 0:
-        prob, chart = rows // 2, rows % 2
-        keep = (chart == 0) | (r.abs() < 1)  # |w| = 1 belongs to chart z
-        prob, chart, r = prob[keep], chart[keep], r[keep]
-        order = torch.argsort(prob, stable=True)
-        prob, chart, r = prob[order], chart[order], r[order]
-        # slot of each root within its problem
-        counts = torch.bincount(prob, minlength=n)
-        start = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(prob.numel(), device=c.device) - start[prob]
-        ok = slot < m
-        prob, chart, r, slot = prob[ok], chart[ok], r[ok], slot[ok]
-        one = torch.ones_like(r)
-        val = torch.where((chart == 0)[:, None], torch.stack([r, one], -1), torch.stack([one, r], -1))
-        uv[prob, slot] = val
-        valid[prob, slot] = True
+    uv = torch.zeros(n * m, 2, dtype=c.dtype, device=c.device)
+    uv[:, 1] = 1
+    valid = torch.zeros(n * m, dtype=torch.bool, device=c.device)
+    if n > 0:
+        prob, slot, r = real_roots_list(c, grid=grid, max_iter=max_iter)
+        ok = slot < m  # at most m distinct roots; guards against rounding duplicates
+        flat = (prob * m + slot)[ok]
+        uv.index_copy_(0, flat, r[ok])
+        valid.index_fill_(0, flat, True)
     return RealRoots(uv.reshape(*lead, m, 2), valid.reshape(*lead, m))
 
 
 @torch.no_grad()
-def real_roots(c: Tensor, max_iter: int | None = None, grid: int = 32) -> RealRoots:
+def real_roots(c: Tensor, max_iter: int | None = None, grid: int = 8) -> RealRoots:
     """All finite real roots of polynomials with ascending coefficients (..., m + 1).
 
     Returns:

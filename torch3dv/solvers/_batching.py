@@ -1,8 +1,8 @@
 """Batch plumbing for the solvers: flatten the leading dims and run large batches in cache-sized chunks.
 
 Element-wise work on tensors of 100k small problems is memory bound on a CPU; running it on a few thousand
-problems at a time keeps the intermediates in cache and costs nothing on small
-batches (one chunk). Chunks are independent problems, so results do not depend on the chunk size.
+problems at a time keeps the intermediates in cache and costs nothing on small batches (one chunk). Chunks are
+independent problems, so results do not depend on the chunk size (beyond rounding).
 """
 
 from __future__ import annotations

@@ -3,33 +3,39 @@
 Convention (README, "Conventions"): ``x2n^T E x1n = 0`` for normalised image coordinates ``xn = K^-1 x`` and
 ``E = [t]x R`` with ``cam2_from_cam1 = (R, t)``.
 
-Algorithm (everything batched, no loop over problems; large batches are processed in chunks of
-``_CHUNK`` problems to keep the temporaries cache sized):
+Algorithm (everything batched, no loop over problems; large batches are processed in chunks of ``_CHUNK``
+problems so that the temporaries stay cache sized). Float32 inputs are solved in float64 internally (like
+kornia's ``find_essential``): rounding in the elimination and in the degree-10 polynomial otherwise loses about
+half of the float32 digits and many true solutions (float32 throughout: ~85% of noise-free samples within 1e-3).
+The results are returned in the input dtype.
 
-1. The five epipolar rows ``kron(x2n, x1n)`` (rows scaled to unit norm) have a 4-dimensional null space,
-   computed by Gauss-Jordan elimination with complete pivoting (vectorised, no LAPACK call) and
-   orthonormalised: ``E = x X + y Y + z Z + W``. A fifth pivot below ``eps^(2/3)`` times the first marks a
-   rank-deficient sample (repeated or otherwise degenerate points): no solution.
-2. ``det(E) = 0`` and ``2 E E^T E - tr(E E^T) E = 0`` give ten cubics in (x, y, z): a 10x20 coefficient matrix,
-   built with a few tensor products and a fixed monomial table, reduced by one batched 10x10 linear solve.
+1. The five epipolar rows ``kron(x2n, x1n)`` (scaled to unit norm) have a 4-dimensional null space, computed by a
+   vectorised Householder QR of their transpose (orthonormal basis, no LAPACK call): ``E = x X + y Y + z Z + W``.
+   A diagonal entry of R below ``eps^(2/3)`` marks a rank-deficient sample (repeated or otherwise degenerate
+   points): no solution.
+2. ``det(E) = 0`` and ``E E^T E - tr(E E^T) E / 2 = 0`` give ten cubics in (x, y, z): their 10x20 coefficient
+   matrix is obtained by evaluating the constraints at the 20 points ``e_a``, ``e_a +- e_b``, ``e_a + e_b + e_c``
+   of the coefficient space and inverting that (exact, sparse) interpolation in closed form; then one batched
+   10x10 linear solve.
 3. Nister's hidden-variable step: rows (x^2 z, x^2), (y^2 z, y^2), (xyz, xy) of the reduced system give a 3x3
    matrix ``B(z)`` whose entries are polynomials in z (degrees 3, 3, 4); ``det B(z)`` has degree 10.
-4. Its real roots come from :func:`torch3dv.linalg.polynomial.real_roots_homogeneous` (grid sign changes in the
-   two charts |z| <= 1 and |1/z| < 1, pair detection, bracketed Newton; no eigenvalue problem). Roots are kept
-   homogeneous ``z = u / v`` so that a root at (or near) infinity is still handled.
+4. Its real roots come from :func:`torch3dv.linalg.polynomial.real_roots_list` (Sturm-count isolation on a grid
+   of the two charts |z| <= 1 and |1/z| < 1, bracketed Newton; no eigenvalue problem), as a flat list of
+   homogeneous roots ``z = u / v`` (a root at, or near, infinity is still handled). All later steps run on that
+   list (about 4.8 roots per problem) rather than on ten padded slots.
 5. For each root the null vector of ``B(z)`` (the best of the three cross products of its rows) gives (x, y) and
    ``E ~ v (x X + y Y + W) + u Z``, normalised to unit Frobenius norm (sign: the entry of largest magnitude is
    positive).
-6. Polish: one Gauss-Newton step on the ten original cubics in the four homogeneous coefficients of
-   (X, Y, Z, W) (taken where the residual is above rounding level; it repairs the accuracy lost in the
-   elimination of ill-conditioned samples), then solutions whose residual stays above ``1e4 eps^(3/4)`` are
-   dropped as spurious.
+6. Polish: where the ten essential constraints of the unit-norm ``E`` are not already at rounding level, one
+   Gauss-Newton step on them in the four homogeneous coefficients of (X, Y, Z, W) (it repairs the accuracy lost
+   in the elimination of ill-conditioned samples and in roots left short of full convergence); solutions whose
+   residual stays above ``1e4 eps^(3/4)`` are dropped as spurious.
 
-Accuracy (noise-free random scenes, float64, 4000 samples): median error of the best solution ~4e-15, 99.8%
-below 1e-6 (kornia ``find_essential``: 99.6%, PoseLib: 96%). In float32 everything runs in float32 (no silent
-promotion): median ~3e-6, ~85% below 1e-3; use float64 inputs when minimal samples must be accurate.
+Accuracy (noise-free random scenes, 100,000 samples; "best" = the solution closest to the ground truth): float64
+median error ~5e-15, 99.8% below 1e-6 (kornia ``find_essential``: 99.7%); float32 inputs: median ~4e-7 (kornia
+~5e-7), 99.9% below 1e-3.
 
-Gradients. Steps 1-5 run without autograd. When the inputs require grad, every valid solution ``E0`` is
+Gradients. Steps 1-6 run without autograd. When the inputs require grad, every valid solution ``E0`` is
 refined by one Gauss-Newton step on the square-consistent system ``{A(x) e = 0, G(e) = 0, (|e|^2 - 1)/2 = 0}``
 (``A``: the five epipolar rows, with autograd; ``G``: the ten cubic essential constraints; all Jacobians
 evaluated at the detached ``E0``): ``e = e0 - (J^T J)^-1 J^T r(e0)``. At a solution ``r(e0) = 0`` so the value
@@ -40,16 +46,20 @@ degenerate samples (J rank deficient, e.g. a double root), where it is clamped t
 
 from __future__ import annotations
 
-import itertools
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from torch3dv._checks import check_matching_points
-from torch3dv.linalg.polynomial import polymul, polyval_homogeneous, real_roots_homogeneous
+from torch3dv.linalg.polynomial import real_roots_list
 
-_CHUNK = 4096
+# problems per chunk; not a multiple of a large power of two: strided copies and gathers over the batch axis
+# of the entry-major temporaries are several times slower there (cache-set conflicts)
+_CHUNK = 4000
+_POLISH_STEPS = 2
+_POLISH_TOL = 1e3  # residual (units of eps) above which a solution is polished
+_NEWTON_ITERS, _NEWTON_MAX = 5, 13
 
 
 class EssentialSolutions(NamedTuple):
@@ -71,42 +81,42 @@ _MONOMIALS = [
     (0, 0, 0), (1, 1, 1), (0, 0, 1), (0, 1, 1), (0, 0, 2), (0, 0, 3), (1, 1, 2), (1, 1, 3), (0, 1, 2), (0, 1, 3),
     (0, 2, 2), (0, 2, 3), (0, 3, 3), (1, 2, 2), (1, 2, 3), (1, 3, 3), (2, 2, 2), (2, 2, 3), (2, 3, 3), (3, 3, 3),
 ]  # variables: 0 = x, 1 = y, 2 = z, 3 = 1
+
+# Interpolation points of the cubic forms in w = (x, y, z, 1): e_a (4), e_a + e_b (6), e_a - e_b (6) and
+# e_a + e_b + e_c (4). With f the value at a point, the coefficients of w_a^3, w_a^2 w_b, w_a w_b^2, w_a w_b w_c
+# are c_aaa = f(e_a), c_aab = (f(e_a + e_b) - f(e_a - e_b)) / 2 - c_bbb, c_abb = (f(e_a + e_b) + f(e_a - e_b)) / 2
+# - c_aaa and c_abc = f(e_a + e_b + e_c) - f(e_a + e_b) - f(e_a + e_c) - f(e_b + e_c) + c_aaa + c_bbb + c_ccc.
+_PAIRS = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+_TRIPLES = [(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)]
 _TABLES: dict = {}
-
-# quadratic monomials in w = (x, y, z, 1), as sorted index pairs
-_QUAD = [(a, b) for a in range(4) for b in range(a, 4)]
+_PAIR_A, _PAIR_B = torch.tensor([0, 0, 1]), torch.tensor([1, 2, 2])
 
 
-def _tables(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Product tables: (linear x linear) (16, 10) -> quadratic, (quadratic x linear) (40, 20) -> cubic, and
-    the derivative table D (10, 20 * 4): d(cubic monomial m)/d w_d = sum_q D[q, (m, d)] (quadratic monomial q),
-    and selection tables S2 (16, 10), S3 (40, 20) that evaluate the quadratic / cubic monomials."""
-    key = (dtype, device)
-    out = _TABLES.get(key)
+def _tables(device: torch.device) -> tuple[Tensor, ...]:
+    """Index tensors of the interpolation: points, and the columns (in Nister's order) of the coefficient blocks
+    c_aaa (4), c_aab (6), c_abb (6), c_abc (4)."""
+    out = _TABLES.get(device)
     if out is None:
-        qidx = {m: i for i, m in enumerate(_QUAD)}
-        cidx = {m: i for i, m in enumerate(_MONOMIALS)}
-        T2 = torch.zeros(16, 10, dtype=dtype)
-        for a, b in itertools.product(range(4), repeat=2):
-            T2[4 * a + b, qidx[tuple(sorted((a, b)))]] = 1.0
-        T3 = torch.zeros(40, 20, dtype=dtype)
-        for q, (a, b) in enumerate(_QUAD):
-            for c in range(4):
-                T3[4 * q + c, cidx[tuple(sorted((a, b, c)))]] = 1.0
-        D = torch.zeros(10, 20, 4, dtype=dtype)
-        for mi, mono in enumerate(_MONOMIALS):
-            for d in set(mono):
-                rest = list(mono)
-                rest.remove(d)
-                D[qidx[tuple(rest)], mi, d] = float(mono.count(d))
-        S2 = torch.zeros(16, 10, dtype=dtype)  # picks one product a*b per quadratic monomial
-        for q, (a, b) in enumerate(_QUAD):
-            S2[4 * a + b, q] = 1.0
-        S3 = torch.zeros(40, 20, dtype=dtype)  # picks one product quad*c per cubic monomial
-        for mi, (a, b, c) in enumerate(_MONOMIALS):
-            S3[4 * qidx[(a, b)] + c, mi] = 1.0
-        out = (T2.to(device), T3.to(device), D.reshape(10, 80).to(device), S2.to(device), S3.to(device))
-        _TABLES[key] = out
+        pa = [a for a, _ in _PAIRS]
+        pb = [b for _, b in _PAIRS]
+        pidx = {p: i for i, p in enumerate(_PAIRS)}
+        t_pairs = [[pidx[(a, b)], pidx[(a, c)], pidx[(b, c)]] for a, b, c in _TRIPLES]
+        # coefficient blocks: caaa (4), caab (6), cabb (6), cabc (4)
+        pos = {}
+        for a in range(4):
+            pos[(a, a, a)] = a
+        for i, (a, b) in enumerate(_PAIRS):
+            pos[(a, a, b)] = 4 + i
+            pos[(a, b, b)] = 10 + i
+        for i, t in enumerate(_TRIPLES):
+            pos[t] = 16 + i
+        where = {blk: i for i, blk in enumerate(pos[mono] for mono in _MONOMIALS)}  # block index -> column
+        out = tuple(torch.tensor(v, device=device) for v in (pa, pb, [t[0] for t in _TRIPLES],
+                                                                [t[1] for t in _TRIPLES], [t[2] for t in _TRIPLES]))
+        blocks = [torch.tensor([where[b] for b in range(lo, hi)], device=device)
+                  for lo, hi in ((0, 4), (4, 10), (10, 16), (16, 20))]
+        out = out + (torch.tensor(t_pairs, device=device).reshape(-1), blocks)
+        _TABLES[device] = out
     return out
 
 
@@ -117,235 +127,310 @@ def epipolar_rows(x1n: Tensor, x2n: Tensor) -> Tensor:
     return (x2h[..., :, None] * x1h[..., None, :]).flatten(-2)
 
 
-def _nullspace_5x9(A: Tensor) -> tuple[Tensor, Tensor]:
-    """Orthonormal null-space basis (n, 4, 9) of (n, 5, 9) matrices and a full-rank flag (n,)."""
-    n = A.shape[0]
-    dtype, device = A.dtype, A.device
-    ar = torch.arange(n, device=device)
-    M = A.clone()
-    blocked = torch.zeros(n, 5, 9, dtype=torch.bool, device=device)
-    used_c = torch.zeros(n, 9, dtype=torch.bool, device=device)
-    rows, cols, pivs = [], [], []
-    for _ in range(5):
-        score = M.abs().masked_fill(blocked, -1.0)
-        idx = score.reshape(n, 45).argmax(-1)
-        r, c = idx // 9, idx % 9
-        prow = M[ar, r]  # (n, 9)
-        pv = prow[ar, c]
-        pivs.append(pv.abs())
-        prow = prow / torch.where(pv != 0, pv, torch.ones_like(pv))[:, None]
-        col = M[ar, :, c]  # (n, 5)
-        M = M - col[:, :, None] * prow[:, None, :]
-        M[ar, r] = prow
-        blocked[ar, r, :] = True
-        blocked[ar, :, c] = True
-        used_c[ar, c] = True
-        rows.append(r)
-        cols.append(c)
-    eps = torch.finfo(dtype).eps
-    full_rank = pivs[4] > eps ** (2.0 / 3.0) * pivs[0]
-    free = (~used_c).nonzero(as_tuple=True)[1].reshape(n, 4)
-    R = torch.stack(rows, 1)
-    C = torch.stack(cols, 1)
-    Mp = M.gather(1, R[:, :, None].expand(n, 5, 9))
-    vals = Mp.gather(2, free[:, None, :].expand(n, 5, 4))  # (n, 5 pivots, 4 free)
-    Nb = torch.zeros(n, 4, 9, dtype=dtype, device=device)
-    Nb.scatter_(2, free[:, :, None], 1.0)
-    Nb.scatter_(2, C[:, None, :].expand(n, 4, 5), -vals.transpose(1, 2))
-    # Gram-Schmidt (the vectors are independent by construction)
-    out = []
-    for j in range(4):
-        v = Nb[:, j]
-        for u in out:
-            v = v - (v * u).sum(-1, keepdim=True) * u
-        out.append(v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny))
-    return torch.stack(out, 1), full_rank
+def _epipolar_rows_T(x1: Tensor, x2: Tensor) -> Tensor:
+    """The five epipolar rows in entry-major layout (9, 5, n), scaled to unit norm, for x1, x2 (n, 5, 2)."""
+    n = x1.shape[0]
+    a = torch.ones(3, 5, n, dtype=x1.dtype, device=x1.device)
+    b = torch.ones(3, 5, n, dtype=x1.dtype, device=x1.device)
+    a[:2] = x1.permute(2, 1, 0)
+    b[:2] = x2.permute(2, 1, 0)
+    A = (b[:, None] * a[None]).reshape(9, 5, n)  # kron(x2h, x1h)
+    return A / (A * A).sum(0).sqrt_().clamp_min_(torch.finfo(x1.dtype).tiny)
 
 
-def _constraint_matrix(N: Tensor) -> Tensor:
-    """Ten cubic constraints (n, 10, 20) for E = sum_a N[..., a] w_a, N (n, 3, 3, 4), w = (x, y, z, 1).
+def _null_space(A: Tensor) -> tuple[Tensor, Tensor]:
+    """Orthonormal null-space basis (9, 4, n) of the (5, 9) matrices ``A[:, :, p].T`` (A: (9, 5, n) entry-major,
+    unit rows) and a full-rank flag (n,).
 
-    Row 0: det(E); rows 1-9: 2 E E^T E - tr(E E^T) E (row-major), in the monomial order ``_MONOMIALS``.
+    Householder QR of the 9x5 matrices ``A[:, :, p]``, vectorised over the batch (every operation runs on
+    contiguous (.., n) blocks): the last four columns of Q span the null space.
     """
-    n = N.shape[0]
-    T2, T3, _, _, _ = _tables(N.dtype, N.device)
-    # E E^T (symmetric, quadratic): P[i, l] = sum_k N[i, k] (x) N[l, k]
-    P = sum(N[:, :, None, k, :, None] * N[:, None, :, k, None, :] for k in range(3))  # (n, 3, 3, 4, 4)
-    P = (P.reshape(n * 9, 16) @ T2).reshape(n, 3, 3, 10)
-    tr = P[:, 0, 0] + P[:, 1, 1] + P[:, 2, 2]  # (n, 10)
-    Q = 2.0 * P - torch.eye(3, dtype=N.dtype, device=N.device)[:, :, None] * tr[:, None, None, :]
-    # (2 E E^T - tr I) E: sum_l Q[i, l] (x) N[l, j]
-    QN = sum(Q[:, :, None, l, :, None] * N[:, None, l, :, None, :] for l in range(3))  # (n, 3, 3, 10, 4)
-    QN = (QN.reshape(n * 9, 40) @ T3).reshape(n, 9, 20)
-    # det(E) = sum_j N[0, j] (x) cof[0, j], cof[0, j] = N[1, j+1] N[2, j+2] - N[1, j+2] N[2, j+1]
-    N1, N2 = N[:, 1], N[:, 2]
-    a1, a2 = N1.roll(-1, 1), N1.roll(-2, 1)
-    b1, b2 = N2.roll(-1, 1), N2.roll(-2, 1)
-    cof = (a1[:, :, :, None] * b2[:, :, None, :] - a2[:, :, :, None] * b1[:, :, None, :]).reshape(n * 3, 16) @ T2
-    cof = cof.reshape(n, 3, 10)
-    det = sum(cof[:, j, :, None] * N[:, 0, j, None, :] for j in range(3)).reshape(n, 40) @ T3  # (n, 20)
-    return torch.cat([det[:, None], QN], 1)
+    n = A.shape[2]
+    tiny = torch.finfo(A.dtype).tiny
+    W = A.clone()
+    vs, betas, diag = [], [], []
+    for k in range(5):
+        v = W[k:, k].clone()  # (9 - k, n)
+        nrm = (v * v).sum(0).sqrt_()
+        x0 = v[0].clone()
+        v[0].add_(torch.copysign(nrm, x0))
+        beta = (nrm * (nrm + x0.abs())).clamp_min_(tiny).reciprocal_()  # 2 / |v|^2
+        if k < 4:
+            rest = W[k:, k + 1:]  # (9 - k, 4 - k, n)
+            dots = (rest * v[:, None]).sum(0).mul_(beta)
+            rest.addcmul_(v[:, None], dots[None], value=-1.0)
+        vs.append(v)
+        betas.append(beta)
+        diag.append(nrm)
+    Y = A.new_zeros(9, 4, n)
+    Y[5:].copy_(torch.eye(4, dtype=A.dtype, device=A.device)[:, :, None].expand(4, 4, n))
+    for k in range(4, -1, -1):
+        part = Y[k:]
+        dots = (part * vs[k][:, None]).sum(0).mul_(betas[k])
+        part.addcmul_(vs[k][:, None], dots[None], value=-1.0)
+    full_rank = torch.stack(diag).amin(0) > torch.finfo(A.dtype).eps ** (2.0 / 3.0)
+    return Y, full_rank
 
 
-def _hidden_variable_matrix(Cr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Nister's B(z) from the reduced rows (n, 10, 10): coefficient tensors ascending in z for the x column
-    (n, 3, 4), the y column (n, 3, 4) and the constant column (n, 3, 5)."""
-    bx, by, b1 = [], [], []
-    for r in (4, 6, 8):
-        a, b = Cr[:, r], Cr[:, r + 1]
-        bx.append(torch.stack([a[:, 2], a[:, 1] - b[:, 2], a[:, 0] - b[:, 1], -b[:, 0]], -1))
-        by.append(torch.stack([a[:, 5], a[:, 4] - b[:, 5], a[:, 3] - b[:, 4], -b[:, 3]], -1))
-        b1.append(torch.stack([a[:, 9], a[:, 8] - b[:, 9], a[:, 7] - b[:, 8], a[:, 6] - b[:, 7], -b[:, 6]], -1))
-    return torch.stack(bx, 1), torch.stack(by, 1), torch.stack(b1, 1)
+def _constraints_T(E: Tensor) -> Tensor:
+    """The ten cubic essential constraints ``det(E)``, ``E E^T E - tr(E E^T) E / 2`` (row-major) for E in
+    entry-major layout (9, K) (row-major entries of K matrices) -> (10, K).
 
-
-def _det_polynomial(bx: Tensor, by: Tensor, b1: Tensor) -> Tensor:
-    """det B(z), ascending coefficients (n, 11)."""
-    m01 = polymul(by[:, 1], b1[:, 2]) - polymul(by[:, 2], b1[:, 1])  # degree 7
-    m02 = polymul(bx[:, 1], b1[:, 2]) - polymul(bx[:, 2], b1[:, 1])
-    m12 = polymul(bx[:, 1], by[:, 2]) - polymul(bx[:, 2], by[:, 1])  # degree 6
-    return polymul(bx[:, 0], m01) - polymul(by[:, 0], m02) + polymul(b1[:, 0], m12)
-
-
-def _spd_solve(H: Tensor, g: Tensor) -> Tensor:
-    """Solves H x = g for small SPD matrices H (..., k, k) by an unrolled Cholesky (elementwise ops only)."""
-    k = H.shape[-1]
-    tiny = torch.finfo(H.dtype).tiny ** 0.5
-    L = [[None] * k for _ in range(k)]
-    for j in range(k):
-        d = H[..., j, j] - sum((L[j][p] * L[j][p] for p in range(j)), torch.zeros_like(H[..., 0, 0]))
-        d = torch.sqrt(d.clamp_min(tiny))
-        L[j][j] = d
-        for i in range(j + 1, k):
-            v = H[..., i, j] - sum((L[i][p] * L[j][p] for p in range(j)), torch.zeros_like(d))
-            L[i][j] = v / d
-    y = []
-    for i in range(k):
-        y.append((g[..., i] - sum((L[i][p] * y[p] for p in range(i)), torch.zeros_like(g[..., 0]))) / L[i][i])
-    x = [None] * k
-    for i in range(k - 1, -1, -1):
-        x[i] = (y[i] - sum((L[p][i] * x[p] for p in range(i + 1, k)), torch.zeros_like(y[0]))) / L[i][i]
-    return torch.stack(x, -1)
-
-
-_IDX: dict = {}
-
-
-def _mono_index(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Index vectors: quadratic monomials in the flattened outer product c c^T (10 of 16), and the cubic
-    monomials as (quadratic index, linear index) pairs."""
-    out = _IDX.get(device)
-    if out is None:
-        qidx = {m: i for i, m in enumerate(_QUAD)}
-        q = torch.tensor([4 * a + b for a, b in _QUAD], device=device)
-        cq = torch.tensor([qidx[(a, b)] for a, b, _ in _MONOMIALS], device=device)
-        cl = torch.tensor([c for _, _, c in _MONOMIALS], device=device)
-        out = (q, cq, cl)
-        _IDX[device] = out
+    Written out on contiguous (K,) / (3, K) blocks: broadcast-and-reduce formulations of these 3x3 products are
+    several times slower on CPU for long K.
+    """
+    e = E.unbind(0)
+    R0, R1, R2 = E.reshape(3, 3, *E.shape[1:]).unbind(0)
+    S = {}
+    for i in range(3):
+        for j in range(i, 3):
+            t = torch.addcmul(e[3 * i] * e[3 * j], e[3 * i + 1], e[3 * j + 1])
+            S[i, j] = S[j, i] = torch.addcmul(t, e[3 * i + 2], e[3 * j + 2])
+    h = 0.5 * (S[0, 0] + S[1, 1] + S[2, 2])
+    out = E.new_empty((10,) + E.shape[1:])
+    T = out[1:].reshape(3, 3, *E.shape[1:]).unbind(0)
+    for i, Ri in enumerate((R0, R1, R2)):
+        torch.mul(R0, S[i, 0], out=T[i])
+        T[i].addcmul_(R1, S[i, 1]).addcmul_(R2, S[i, 2]).addcmul_(Ri, h, value=-1.0)
+    c0 = torch.addcmul(e[4] * e[8], e[5], e[7], value=-1.0)
+    c1 = torch.addcmul(e[5] * e[6], e[3], e[8], value=-1.0)
+    c2 = torch.addcmul(e[3] * e[7], e[4], e[6], value=-1.0)
+    torch.addcmul(torch.addcmul(e[0] * c0, e[1], c1), e[2], c2, out=out[0])
     return out
 
 
-def _monomials(c: Tensor) -> tuple[Tensor, Tensor]:
-    """Quadratic (..., 10) and cubic (..., 20) monomials of c (..., 4) in the orders ``_QUAD`` / ``_MONOMIALS``."""
-    q, cq, cl = _mono_index(c.device)
-    quad = (c[..., :, None] * c[..., None, :]).flatten(-2).index_select(-1, q)
-    mono = quad.index_select(-1, cq) * c.index_select(-1, cl)
-    return quad, mono
+def _constraint_matrix(N: Tensor) -> Tensor:
+    """Ten cubic constraints for E = sum_a N[:, a] w_a, w = (x, y, z, 1), N (9, 4, n) entry-major.
+
+    Returns the coefficients (10 constraints, 20 monomials, n) in ``_MONOMIALS`` order; row 0: det(E); rows 1-9:
+    E E^T E - tr(E E^T) E / 2 (row-major). (Temporaries are written in place where they are large: fresh
+    multi-megabyte allocations cost page faults on CPU.)
+    """
+    n = N.shape[2]
+    pa, pb, ta, tb, tc, tp, pos = _tables(N.device)
+    pts = N.new_empty(9, 20, n)
+    pts[:, :4] = N
+    Na, Nb = N.index_select(1, pa), N.index_select(1, pb)
+    torch.add(Na, Nb, out=pts[:, 4:10])
+    torch.sub(Na, Nb, out=pts[:, 10:16])
+    torch.add(N.index_select(1, ta), N.index_select(1, tb), out=pts[:, 16:]).add_(N.index_select(1, tc))
+    del Na, Nb
+    f = _constraints_T(pts.reshape(9, 20 * n)).reshape(10, 20, n)
+    del pts
+    caaa, fp, fm, ft = f[:, :4], f[:, 4:10], f[:, 10:16], f[:, 16:]
+    C = f.new_empty(10, 20, n)
+    # c_aab = (f+ - f-) / 2 - c_bbb, c_abb = (f+ + f-) / 2 - c_aaa,
+    # c_abc = f(a + b + c) - f(a + b) - f(a + c) - f(b + c) + c_aaa + c_bbb + c_ccc
+    C.index_copy_(1, pos[0], caaa)
+    C.index_copy_(1, pos[1], torch.sub(fp, fm).mul_(0.5).sub_(caaa.index_select(1, pb)))
+    C.index_copy_(1, pos[2], torch.add(fp, fm).mul_(0.5).sub_(caaa.index_select(1, pa)))
+    cabc = torch.sub(ft, fp.index_select(1, tp).reshape(10, 4, 3, n).sum(2))
+    cabc.add_(caaa.index_select(1, ta)).add_(caaa.index_select(1, tb)).add_(caaa.index_select(1, tc))
+    C.index_copy_(1, pos[3], cabc)
+    return C
 
 
-def _polish(c: Tensor, M: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """One Gauss-Newton step on the ten homogeneous cubics ``M mono3(c) = 0`` with ``|c| = 1``, taken only for
-    the valid solutions whose residual is not already at rounding level.
+def _hidden_variable_matrix(Cr: Tensor) -> Tensor:
+    """Nister's B(z) from the reduced rows (n, 10, 10), entry-major (39, n): the coefficients (ascending in z) of
+    the x column (3 rows x 4), the y column (3 x 4) and the constant column (3 x 5).
+
+    With rows ``a = Cr[r]``, ``b = Cr[r + 1]`` (r = 4, 6, 8; columns xz^2, xz, x, yz^2, yz, y, z^3, z^2, z, 1):
+    ``bx = (a2, a1 - b2, a0 - b1, -b0)``, ``by = (a5, a4 - b5, a3 - b4, -b3)``,
+    ``b1 = (a9, a8 - b9, a7 - b8, a6 - b7, -b6)``.
+    """
+    n = Cr.shape[0]
+    ia, ib = _hv_index(Cr.device)
+    flat = torch.cat([Cr[:, 4:].reshape(n, 60).t(), Cr.new_zeros(1, n)])  # (61, n), last row: zero
+    return flat.index_select(0, ia) - flat.index_select(0, ib)
+
+
+_HV: dict = {}
+
+
+def _hv_index(device: torch.device) -> tuple[Tensor, Tensor]:
+    out = _HV.get(device)
+    if out is None:
+        Z = 60  # index of the zero row
+        ia, ib = [], []
+        for cols in ([(2, Z), (1, 2), (0, 1), (Z, 0)], [(5, Z), (4, 5), (3, 4), (Z, 3)],
+                     [(9, Z), (8, 9), (7, 8), (6, 7), (Z, 6)]):
+            for r in (0, 2, 4):  # rows 4, 6, 8 of Cr -> 0, 2, 4 of Cr[4:]
+                for ca, cb in cols:
+                    ia.append(Z if ca == Z else 10 * r + ca)
+                    ib.append(Z if cb == Z else 10 * (r + 1) + cb)
+        out = (torch.tensor(ia, device=device), torch.tensor(ib, device=device))
+        _HV[device] = out
+    return out
+
+
+def _polymul_T(a: Tensor, b: Tensor) -> Tensor:
+    """Product of polynomials in coefficient-major layout: (la, n) x (lb, n) -> (la + lb - 1, n)."""
+    la, lb = a.shape[0], b.shape[0]
+    out = a.new_zeros(la + lb - 1, a.shape[1])
+    for i, ai in enumerate(a.unbind(0)):
+        out[i:i + lb].addcmul_(b, ai)
+    return out
+
+
+def _det_polynomial(B: Tensor) -> Tensor:
+    """det B(z), ascending coefficients (11, n), from B (39, n) (see :func:`_hidden_variable_matrix`)."""
+    bx = [B[4 * r:4 * r + 4] for r in range(3)]
+    by = [B[12 + 4 * r:16 + 4 * r] for r in range(3)]
+    b1 = [B[24 + 5 * r:29 + 5 * r] for r in range(3)]
+    m01 = _polymul_T(by[1], b1[2]) - _polymul_T(by[2], b1[1])  # degree 7
+    m02 = _polymul_T(bx[1], b1[2]) - _polymul_T(bx[2], b1[1])
+    m12 = _polymul_T(bx[1], by[2]) - _polymul_T(bx[2], by[1])  # degree 6
+    return _polymul_T(bx[0], m01) - _polymul_T(by[0], m02) + _polymul_T(b1[0], m12)
+
+
+def _spd_solve4(H: Tensor, g: Tensor) -> Tensor:
+    """Solves H x = g for 4x4 SPD matrices in entry-major layout, H (4, 4, P), g (4, P), by an unrolled Cholesky
+    (elementwise operations on contiguous (P,) vectors only)."""
+    tiny = torch.finfo(H.dtype).tiny ** 0.5
+    h = H.reshape(16, -1).unbind(0)
+    g0, g1, g2, g3 = g.unbind(0)
+    l00 = h[0].clamp_min(tiny).sqrt_()
+    l10, l20, l30 = h[4] / l00, h[8] / l00, h[12] / l00
+    l11 = torch.addcmul(h[5], l10, l10, value=-1.0).clamp_min_(tiny).sqrt_()
+    l21 = torch.addcmul(h[9], l20, l10, value=-1.0).div_(l11)
+    l31 = torch.addcmul(h[13], l30, l10, value=-1.0).div_(l11)
+    l22 = torch.addcmul(h[10], l20, l20, value=-1.0).addcmul_(l21, l21, value=-1.0).clamp_min_(tiny).sqrt_()
+    l32 = torch.addcmul(h[14], l30, l20, value=-1.0).addcmul_(l31, l21, value=-1.0).div_(l22)
+    l33 = torch.addcmul(h[15], l30, l30, value=-1.0).addcmul_(l31, l31, value=-1.0) \
+        .addcmul_(l32, l32, value=-1.0).clamp_min_(tiny).sqrt_()
+    y0 = g0 / l00
+    y1 = torch.addcmul(g1, l10, y0, value=-1.0).div_(l11)
+    y2 = torch.addcmul(g2, l20, y0, value=-1.0).addcmul_(l21, y1, value=-1.0).div_(l22)
+    y3 = torch.addcmul(g3, l30, y0, value=-1.0).addcmul_(l31, y1, value=-1.0).addcmul_(l32, y2, value=-1.0) \
+        .div_(l33)
+    x3 = y3 / l33
+    x2 = torch.addcmul(y2, l32, x3, value=-1.0).div_(l22)
+    x1 = torch.addcmul(y1, l21, x2, value=-1.0).addcmul_(l31, x3, value=-1.0).div_(l11)
+    x0 = torch.addcmul(y0, l10, x1, value=-1.0).addcmul_(l20, x2, value=-1.0).addcmul_(l30, x3, value=-1.0) \
+        .div_(l00)
+    return torch.stack([x0, x1, x2, x3])
+
+
+def _normalise_T(E: Tensor) -> Tensor:
+    """Unit Frobenius norm, sign such that the largest-magnitude entry is positive. E (9, K) entry-major."""
+    E = E / (E * E).sum(0).sqrt_().clamp_min_(torch.finfo(E.dtype).tiny)
+    Ea = E.abs()
+    big = (E * (Ea == Ea.amax(0))).sum(0)  # the largest entry (ties of opposite sign: 0, kept positive)
+    return E * (1.0 - 2.0 * (big < 0).to(E.dtype))
+
+
+def _gather_cols(X: Tensor, idx: Tensor) -> Tensor:
+    """``X[:, idx]`` for X (k, K): ``gather`` is several times faster on CPU than ``index_select`` along dim 1."""
+    return torch.gather(X, 1, idx[None].expand(X.shape[0], idx.numel()))
+
+
+def _combine(Nr: Tensor, c: Tensor) -> Tensor:
+    """``sum_a c_a N_a``: Nr (9, 4, P), c (4, P) -> (9, P)."""
+    E = Nr[:, 0] * c[0]
+    for a in range(1, 4):
+        E = torch.addcmul(E, Nr[:, a], c[a])
+    return E
+
+
+def _polish(E: Tensor, c: Tensor, Nr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One Gauss-Newton step on the ten essential constraints of ``E = sum_a c_a N_a`` in the coefficients c.
 
     Args:
-        c: (n, S, 4) coefficients of (X, Y, Z, W), unit norm.
-        M: (n, 10, 20) constraint matrix (unit rows).
-        valid: (n, S) bool.
+        E: (9, P) unit-norm solutions (entry-major), c: (4, P) their unit coefficients, Nr: (9, 4, P) the
+            orthonormal null-space bases of their problems.
 
     Returns:
-        the refined c and its residual norm ``|M mono3(c)|`` (n, S).
+        the refined E (9, P), c (4, P) and the residual norm (P,). For a cubic G the directional derivative is
+        exact from three values: ``DG(E)[H] = (G(E + H) - G(E - H)) / 2 - G(H)``, so one call evaluates the
+        residual and the Jacobian.
     """
-    _, mono = _monomials(c)
-    r = mono @ M.transpose(1, 2)  # (n, S, 10)
-    res = r.norm(dim=-1)
-    eps = torch.finfo(c.dtype).eps
-    todo = valid & (res > (64 * eps if c.dtype == torch.float64 else 0.0))
-    pi, si = todo.nonzero(as_tuple=True)
-    if pi.numel() == 0:
-        return c, res
-    _, _, D, _, _ = _tables(c.dtype, c.device)
-    cv = c[pi, si]  # (V, 4)
-    Mv = M[pi]  # (V, 10, 20)
-    rv = r[pi, si]  # (V, 10)
-    quad, _ = _monomials(cv)
-    dmono = (quad @ D).reshape(-1, 20, 4)
-    J = Mv @ dmono  # (V, 10, 4)
-    H = J.transpose(1, 2) @ J + cv[:, :, None] * cv[:, None, :]
-    g = (J.transpose(1, 2) @ rv[:, :, None])[..., 0]
-    dc = _spd_solve(H, g)
-    cv = cv - torch.where(torch.isfinite(dc), dc, torch.zeros_like(dc))
-    cv = cv / cv.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(c.dtype).tiny)
-    _, mv = _monomials(cv)
-    rv = (Mv @ mv[:, :, None])[..., 0]
-    c = c.clone()
-    c[pi, si] = cv
-    res = res.clone()
-    res[pi, si] = rv.norm(dim=-1)
-    return c, res
+    P = E.shape[1]
+    tiny = torch.finfo(E.dtype).tiny
+    Ep = E[:, None]
+    G = _constraints_T(torch.cat([Ep, Ep + Nr, Ep - Nr, Nr], 1).reshape(9, 13 * P)).reshape(10, 13, P)
+    r = G[:, 0]
+    J = (G[:, 1:5] - G[:, 5:9]).mul_(0.5).sub_(G[:, 9:])  # (10, 4, P)
+    H = (J[:, :, None] * J[:, None]).sum(0).addcmul_(c[:, None], c[None])
+    g = (J * r[:, None]).sum(0)
+    dc = torch.nan_to_num(_spd_solve4(H, g), nan=0.0, posinf=0.0, neginf=0.0)
+    c1 = c - dc
+    c1 = c1 / (c1 * c1).sum(0).sqrt_().clamp_min_(tiny)
+    E1 = _combine(Nr, c1)
+    G1 = _constraints_T(E1)
+    return E1, c1, (G1 * G1).sum(0).sqrt_()
 
 
 @torch.no_grad()
-def _solve_chunk(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
-    """No-grad 5-point solve for (n, 5, 2) inputs: E (n, 10, 3, 3) and valid (n, 10)."""
+def _solve_chunk(x1: Tensor, x2: Tensor, E_out: Tensor, valid_out: Tensor) -> None:
+    """No-grad 5-point solve for (n, 5, 2) inputs (the work dtype), written into the zero-initialised E_out
+    (n' * 10, 9) (any float dtype) and valid_out (n' * 10,) bool, n' <= n (trailing problems are padding)."""
     n = x1.shape[0]
     dtype = x1.dtype
-    A = epipolar_rows(x1, x2)
-    A = A / A.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-    basis, ok = _nullspace_5x9(A)  # (n, 4, 9)
-    N = basis.permute(0, 2, 1).reshape(n, 3, 3, 4)
-    M = _constraint_matrix(N)  # (n, 10, 20)
-    M = M / M.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-    A10 = M[:, :, :10]
-    A10 = torch.where(ok[:, None, None], A10, torch.eye(10, dtype=dtype, device=x1.device))
-    Cr, info = torch.linalg.solve_ex(A10, M[:, :, 10:])
-    ok = ok & (info == 0) & torch.isfinite(Cr).flatten(1).all(-1)
-    Cr = torch.where(ok[:, None, None], Cr, torch.zeros_like(Cr))
-    bx, by, b1 = _hidden_variable_matrix(Cr)
-    poly = _det_polynomial(bx, by, b1)  # (n, 11)
-    uv, valid = real_roots_homogeneous(poly)  # (n, 10, 2), (n, 10)
-    u, v = uv[..., 0][:, None, :], uv[..., 1][:, None, :]  # (n, 1, 10)
-    rx = v * polyval_homogeneous(bx, u, v)  # (n, 3, 10)
-    ry = v * polyval_homogeneous(by, u, v)
-    r1 = polyval_homogeneous(b1, u, v)
-    rowsB = torch.stack([rx, ry, r1], -1)  # (n, 3 rows, 10 roots, 3)
-    c01 = torch.linalg.cross(rowsB[:, 0], rowsB[:, 1], dim=-1)
-    c02 = torch.linalg.cross(rowsB[:, 0], rowsB[:, 2], dim=-1)
-    c12 = torch.linalg.cross(rowsB[:, 1], rowsB[:, 2], dim=-1)
-    cands = torch.stack([c01, c02, c12], -2)  # (n, 10, 3, 3)
-    best = cands.norm(dim=-1).argmax(-1)
-    nv = cands.gather(2, best[..., None, None].expand(n, 10, 1, 3))[:, :, 0]  # (n, 10, 3)
-    u, v = uv[..., 0], uv[..., 1]
-    coef = torch.stack([v * nv[..., 0], v * nv[..., 1], u * nv[..., 2], v * nv[..., 2]], -1)  # (n, 10, 4)
-    coef = coef / coef.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-    coef, res = _polish(coef, M, valid & ok[:, None])
-    E = coef @ basis  # (n, 10, 9)
-    E = _normalise(E)
-    # spurious roots (from near-degenerate eliminations) do not satisfy the original cubics: drop them
-    res_tol = 1e4 * torch.finfo(dtype).eps ** 0.75
-    valid = valid & ok[:, None] & torch.isfinite(E).all(-1) & (E.abs().amax(-1) > 0) & (res < res_tol)
-    E = torch.where(valid[..., None], E, torch.zeros_like(E))
-    order = torch.argsort((~valid).to(torch.int8), dim=-1, stable=True)  # valid slots first
-    E = E.gather(1, order[..., None].expand(n, 10, 9))
-    valid = valid.gather(1, order)
-    return E.reshape(n, 10, 3, 3), valid
-
-
-def _normalise(E: Tensor) -> Tensor:
-    """Unit Frobenius norm, sign such that the largest-magnitude entry is positive. E (..., 9)."""
-    nrm = E.norm(dim=-1, keepdim=True)
-    E = E / torch.where(nrm > 0, nrm, torch.ones_like(nrm))
-    big = E.gather(-1, E.abs().argmax(-1, keepdim=True))
-    return torch.where(big < 0, -E, E)
+    device = x1.device
+    tiny = torch.finfo(dtype).tiny
+    eps = torch.finfo(dtype).eps
+    N, ok = _null_space(_epipolar_rows_T(x1, x2))  # (9, 4, n) entry-major
+    N = torch.where(ok, N, torch.eye(9, 4, dtype=dtype, device=device)[:, :, None])
+    C = _constraint_matrix(N)  # (10, 20, n)
+    C.div_((C * C).sum(1, keepdim=True).sqrt_().clamp_min_(tiny))
+    Cp = C.permute(2, 1, 0).contiguous()  # (n, 20, 10): column-major 10x10 blocks for LAPACK
+    Cr, info = torch.linalg.solve_ex(Cp[:, :10].mT, Cp[:, 10:].mT)
+    ok &= (info == 0) & (Cr.abs().sum((1, 2)) < float("inf"))
+    B = _hidden_variable_matrix(Cr)  # (39, n)
+    poly = torch.where(ok, _det_polynomial(B), 0.0).t()  # (n, 11)
+    prob, slot, uv = real_roots_list(poly, iters=_NEWTON_ITERS, max_iter=_NEWTON_MAX)
+    V = prob.numel()
+    u, v = uv.t().unbind(0)
+    # B(z) rows at each root, homogenised: [v bx(u, v), v by(u, v), b1(u, v)] . (x, y, 1) = 0
+    Bp = _gather_cols(B, prob)
+    u2, v2 = u * u, v * v
+    m3 = (v2 * v, u * v2, u2 * v, u2 * u)  # u^k v^(3 - k)
+    m4 = (v2 * v2, m3[1] * v, u2 * v2, m3[3] * v, u2 * u2)  # u^k v^(4 - k)
+    bxv, byv, b1v = Bp[:12].reshape(3, 4, V), Bp[12:24].reshape(3, 4, V), Bp[24:].reshape(3, 5, V)
+    rx, ry, r1 = bxv[:, 0] * m3[0], byv[:, 0] * m3[0], b1v[:, 0] * m4[0]
+    for k in range(1, 4):
+        rx.addcmul_(bxv[:, k], m3[k])
+        ry.addcmul_(byv[:, k], m3[k])
+        r1.addcmul_(b1v[:, k], m4[k])
+    r1.addcmul_(b1v[:, 4], m4[4])
+    # the three cross products of the rows (x, y, 1)-columns [v rx, v ry, r1]: (3 candidates, 3, V)
+    rows = torch.stack([rx * v, ry * v, r1])  # (3 columns, 3 rows, V)
+    ra, rb = rows.index_select(1, _PAIR_A.to(device)), rows.index_select(1, _PAIR_B.to(device))  # rows 0,0,1 / 1,2,2
+    cands = torch.stack([torch.addcmul(ra[1] * rb[2], ra[2], rb[1], value=-1.0),
+                         torch.addcmul(ra[2] * rb[0], ra[0], rb[2], value=-1.0),
+                         torch.addcmul(ra[0] * rb[1], ra[1], rb[0], value=-1.0)], 1)
+    nrm = (cands * cands).sum(1)
+    w = (nrm == nrm.amax(0)).to(dtype)
+    nv = (cands * (w / w.sum(0))[:, None]).sum(0)  # the largest of the three (averaged on exact ties)
+    coef = torch.stack([v * nv[0], v * nv[1], u * nv[2], v * nv[2]])  # (4, V)
+    coef.div_((coef * coef).sum(0).sqrt_().clamp_min_(tiny))
+    Nr = _gather_cols(N.reshape(36, n), prob).reshape(9, 4, V)
+    E = _combine(Nr, coef)  # (9, V), unit norm (orthonormal basis)
+    G = _constraints_T(E)
+    res = (G * G).sum(0).sqrt_()
+    # polish the solutions that are not at rounding level yet (a second step for the few far ones)
+    todo = (res > _POLISH_TOL * eps).nonzero()[:, 0]
+    for step in range(_POLISH_STEPS):
+        if todo.numel() == 0:
+            break
+        E0, c0, N0 = _gather_cols(E, todo), _gather_cols(coef, todo), _gather_cols(Nr.reshape(36, V), todo)
+        res0 = res.index_select(0, todo)
+        E1, c1, res1 = _polish(E0, c0, N0.reshape(9, 4, -1))
+        better = (res1 < res0).to(dtype)
+        E.index_copy_(1, todo, torch.lerp(E0, E1, better))
+        res.index_copy_(0, todo, torch.minimum(res1, res0))
+        if step + 1 < _POLISH_STEPS:
+            coef.index_copy_(1, todo, torch.lerp(c0, c1, better))
+            todo = todo.index_select(0, ((res1 > _POLISH_TOL * eps) & (res1 < 0.5 * res0)).nonzero()[:, 0])
+    keep = (res < 1e4 * eps ** 0.75) & ok.index_select(0, prob)  # spurious roots; NaN residuals fail the test
+    kidx = keep.nonzero()[:, 0]
+    prob, slot, E = prob.index_select(0, kidx), slot.index_select(0, kidx), _gather_cols(E, kidx)
+    # compact the slots (valid first)
+    flat = prob * 10 + slot
+    kept = torch.zeros(n * 10, dtype=torch.int8, device=device).index_fill_(0, flat, 1).reshape(n, 10)
+    flat = prob * 10 + (kept.cumsum(-1, dtype=torch.int8) - 1).reshape(-1).index_select(0, flat)
+    E_out.index_copy_(0, flat, _normalise_T(E).to(E_out.dtype).t().contiguous())
+    valid_out.index_fill_(0, flat, True)
 
 
 def essential_constraints(E: Tensor) -> Tensor:
@@ -403,7 +488,8 @@ def essential_5point(x1n: Tensor, x2n: Tensor) -> EssentialSolutions:
         ``EssentialSolutions``: up to ten real solutions per problem, ``E`` (*B, 10, 3, 3) with
         ``x2n^T E x1n = 0``, unit Frobenius norm, valid slots first; ``valid`` (*B, 10); ``success`` (*B,).
         Problems with non-finite points or a rank-deficient 5x9 system (repeated points, ...) have no valid
-        slot and all-zero ``E``. See the module docstring for the algorithm and the gradients.
+        slot and all-zero ``E``. Float32 inputs are solved in float64 internally and returned in float32. See the
+        module docstring for the algorithm and the gradients.
 
     Raises:
         ValueError: on wrong shapes (N must be 5), integer dtypes, or mismatched devices/dtypes.
@@ -415,23 +501,26 @@ def essential_5point(x1n: Tensor, x2n: Tensor) -> EssentialSolutions:
     x1 = x1n.reshape(-1, 5, 2)
     x2 = x2n.reshape(-1, 5, 2)
     n = x1.shape[0]
+    dtype = x1.dtype
+    work = torch.float64 if dtype in (torch.float32, torch.float16, torch.bfloat16) else dtype
     finite = torch.isfinite(x1).flatten(1).all(-1) & torch.isfinite(x2).flatten(1).all(-1)
     x1 = torch.where(finite[:, None, None], x1, torch.zeros_like(x1))
     x2 = torch.where(finite[:, None, None], x2, torch.zeros_like(x2))
-    Es, vs = [], []
+    E = x1.new_zeros(n * 10, 9)
+    valid = torch.zeros(n * 10, dtype=torch.bool, device=x1.device)
     for s in range(0, n, _CHUNK):
-        E_c, v_c = _solve_chunk(x1[s:s + _CHUNK].detach(), x2[s:s + _CHUNK].detach())
-        Es.append(E_c)
-        vs.append(v_c)
-    if n == 0:
-        E = x1.new_zeros(0, 10, 3, 3)
-        valid = torch.zeros(0, 10, dtype=torch.bool, device=x1.device)
-    else:
-        E, valid = torch.cat(Es), torch.cat(vs)
+        a, b = x1[s:s + _CHUNK].detach().to(work), x2[s:s + _CHUNK].detach().to(work)
+        k = a.shape[0]
+        if k % 64 == 0:  # pad with 8 degenerate (all-zero) problems, see _CHUNK
+            a, b = torch.cat([a, a.new_zeros(8, 5, 2)]), torch.cat([b, b.new_zeros(8, 5, 2)])
+        _solve_chunk(a, b, E[10 * s:10 * (s + k)], valid[10 * s:10 * (s + k)])
+    E = E.reshape(n, 10, 3, 3)
+    valid = valid.reshape(n, 10)
     valid = valid & finite[:, None]
     if torch.is_grad_enabled() and (x1.requires_grad or x2.requires_grad):
         E = _implicit_refine(E, valid, epipolar_rows(x1, x2))
-    E = torch.where(valid[..., None, None], E, torch.zeros_like(E))
+        E = torch.where(valid[..., None, None], E, torch.zeros_like(E))
+    # (without grad the invalid slots are already zero)
     E = E.reshape(*lead, 10, 3, 3)
     valid = valid.reshape(*lead, 10)
     return EssentialSolutions(E, valid, valid.any(-1))

@@ -145,8 +145,12 @@ def _project_nullspace(A: Tensor, N0: Tensor, ok: Tensor) -> Tensor:
 
 
 def _chunk_size(n: int) -> int:
-    """Problems per chunk: up to ``CHUNK`` problems and about 2^18 correspondences."""
-    return max(256, min(CHUNK, (1 << 18) // max(n, 1)))
+    """Problems per chunk: per intra-op thread, up to ``CHUNK`` problems and about 2^18 correspondences.
+
+    Scaling with the thread count keeps each thread's share of an operation cache-sized while the number of
+    parallel regions (one fork/join per operation and chunk) stays that of one thread.
+    """
+    return max(256, min(CHUNK, (1 << 18) // max(n, 1))) * max(torch.get_num_threads(), 1)
 
 
 def _normalized_pair(p1: Tensor, p2: Tensor, w: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], Tensor]:
@@ -181,30 +185,50 @@ def _minimal_nullspace_bl(A: Tensor, ok: Tensor, fro2: Tensor) -> tuple[Tensor, 
     return (N0bf + (P - P.detach())).permute(1, 2, 0), ratio
 
 
-def _null_eigvecs(M: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Smallest and second smallest eigenvectors (9, b) and the largest eigenvalue (b,) of normal matrices M (9, 9, b).
+def _null_eigvecs(M: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Smallest and second smallest eigenvectors (9, b) of normal matrices M (9, 9, b), and the largest
+    eigenvalue (b,) where it comes for free (else None; see :func:`_rank_test`).
 
     Without autograd: :func:`torch3dv.linalg.batch_last.smallest_eigenpairs` (block inverse iteration, 6 steps in
-    float64, 3 in float32) and :func:`torch3dv.linalg.batch_last.largest_eigenvalue`; problems whose residual
-    ``|M v - l v|`` exceeds ``4 eps tr(M)`` (not converged: the smallest eigenvalue is nearly repeated; about 1 in
-    10^4 noisy problems) are redone with ``torch.linalg.eigh``, whose own residuals reach ``1.5 eps tr(M)``. With
-    autograd, ``eigh`` for all (for its gradient). The second eigenvector and the largest eigenvalue only serve
-    the degeneracy test and carry no gradient.
+    float64, 3 in float32); problems whose residual ``|M v - l v|`` exceeds ``4 eps tr(M)`` (not converged: the
+    smallest eigenvalue is nearly repeated; about 1 in 10^4 noisy problems) are redone with
+    ``torch.linalg.eigh``, whose own residuals reach ``1.5 eps tr(M)``. With autograd, ``eigh`` for all (for its
+    gradient). The second eigenvector only serves the degeneracy test and carries no gradient.
     """
     if torch.is_grad_enabled() and M.requires_grad:
         evals, V = torch.linalg.eigh(M.permute(2, 0, 1))
         return V[..., 0].t(), V[..., 1].t().detach(), evals[:, -1].detach()
     v0, v1, _, res = bl.smallest_eigenpairs(M, 6 if M.dtype == torch.float64 else 3)
-    lmax = bl.largest_eigenvalue(M)
-    tr = M[0, 0] + M[1, 1] + M[2, 2] + M[3, 3] + M[4, 4] + M[5, 5] + M[6, 6] + M[7, 7] + M[8, 8]
+    tr = _trace9(M)
     redo = ~(res <= 4 * torch.finfo(M.dtype).eps * tr) & torch.isfinite(tr)
     if bool(redo.any()):
         idx = redo.nonzero()[:, 0]
-        evals, V = torch.linalg.eigh(M[:, :, idx].permute(2, 0, 1))
+        _, V = torch.linalg.eigh(M[:, :, idx].permute(2, 0, 1))
         v0[:, idx] = V[..., 0].t()
         v1[:, idx] = V[..., 1].t()
-        lmax[idx] = evals[:, -1]
-    return v0, v1, lmax
+    return v0, v1, None
+
+
+def _trace9(M: Tensor) -> Tensor:
+    return M[0, 0] + M[1, 1] + M[2, 2] + M[3, 3] + M[4, 4] + M[5, 5] + M[6, 6] + M[7, 7] + M[8, 8]
+
+
+@torch.no_grad()
+def _rank_test(num: Tensor, M: Tensor, lmax: Tensor | None, tol: float) -> Tensor:
+    """``num / l_max > tol`` (module doc) with ``l_max`` of M (9, 9, b) estimated only where it matters.
+
+    ``tr(M) / 9 <= l_max <= tr(M)`` already decides every problem with ``num > tol tr`` (pass) or
+    ``9 num <= tol tr`` (fail); the few in between get :func:`torch3dv.linalg.batch_last.largest_eigenvalue`.
+    """
+    if lmax is not None:
+        return num / lmax > tol  # NaN fails
+    tr = _trace9(M)
+    ok = num > tol * tr
+    undecided = ~ok & (9 * num > tol * tr)
+    if bool(undecided.any()):
+        idx = undecided.nonzero()[:, 0]
+        ok[idx] = num[idx] > tol * bl.largest_eigenvalue(M[:, :, idx])
+    return ok
 
 
 def _sym_pairs(M6: Tensor) -> Tensor:
@@ -272,8 +296,9 @@ def _f8_core(p1: Tensor, p2: Tensor, w: Tensor, finite: Tensor, tol: float) -> t
             G = f1.reshape(3, 3, b)
             t = [G[p, 0] * u1 + G[p, 1] * v1 + G[p, 2] for p in range(3)]
             res = u2 * t[0] + v2 * t[1] + t[2]
-            ratio = (wt * res * res).sum(0) / lmax
-    ok = ok & (ratio > tol)  # NaN fails
+        ok = ok & _rank_test((wt * res * res).sum(0).detach(), M.detach(), lmax, tol)
+    if n == 8:
+        ok = ok & (ratio > tol)  # NaN fails
     Fn = f.reshape(3, 3, b)
     Fn = torch.where(ok, Fn, _STAND_IN.to(Fn))
     F = _denormalize_bl(bl.rank2(Fn), s1, (mu1, mv1), s2, (mu2, mv2))

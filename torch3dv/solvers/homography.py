@@ -54,6 +54,7 @@ from torch3dv.solvers.fundamental import (
     _null_eigvecs,
     _prepare,
     _products6,
+    _rank_test,
 )
 
 
@@ -189,8 +190,9 @@ def _dlt_core(p1: Tensor, p2: Tensor, w: Tensor, finite: Tensor, tol: float,
             a = [G[k, 0] * u1 + G[k, 1] * v1 + G[k, 2] for k in range(3)]
             ra = v2 * a[2] - a[1]
             rb = a[0] - u2 * a[2]
-            ratio = (wt * (ra * ra + rb * rb)).sum(0) / lmax
-    ok = ok & (ratio > tol)  # NaN fails
+        ok = ok & _rank_test((wt * (ra * ra + rb * rb)).sum(0).detach(), M.detach(), lmax, tol)
+    if n == 4:
+        ok = ok & (ratio > tol)  # NaN fails
     return _finish(h.reshape(3, 3, b), s1, (mu1, mv1), s2, (mu2, mv2), ok, det_tol)
 
 

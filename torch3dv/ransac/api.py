@@ -193,7 +193,7 @@ def estimate_relative_pose(
     E = skew(t) @ R
     with torch.no_grad():
         F = ctx[1].transpose(-1, -2) @ E @ ctx[0]
-        r2 = sampson_sq(F[:, None], x1f, x2f)[0][:, 0]
+        r2 = sampson_sq(F[:, None], x1f, x2f)[:, 0]
         inl = valid & (r2 < opts.threshold ** 2) & out.success[:, None]
     success = out.success & pose.success
     return RelativePoseEstimate(

@@ -33,7 +33,8 @@ class RansacOptions:
         confidence: probability of having drawn at least one all-inlier sample, for adaptive termination.
         min_iterations: hypotheses drawn per problem at least.
         max_iterations: hypotheses drawn per problem at most.
-        hypotheses_per_round: H, minimal samples per problem per round (the termination check granularity).
+        hypotheses_per_round: H, minimal samples per problem in a round at most. The first round draws H; later
+            rounds draw what the problem's termination bound still asks for, rounded up to a multiple of 8.
         score: "inliers", "msac" or "magsac" (MAGSAC++).
         local_optimization: LO iterations (weighted refits on the inliers of the best model); 0 disables.
         final_refine: run the model's nonlinear polish (e.g. LM on Sampson error) on the final inliers.
@@ -117,6 +118,7 @@ class RansacOutput(NamedTuple):
 
 
 _SUBSET_STREAM = 1 << 20  # round offset that separates the preemptive-subset draws from the sample draws
+_QUANTUM = 8  # round sizes after the first are multiples of this
 
 
 def required_iterations(inlier_ratio: Tensor, k: int, confidence: float) -> Tensor:
@@ -187,7 +189,7 @@ def ransac(
     needed = torch.full((M,), float(options.max_iterations), dtype=torch.float64, device=device)
     feasible = n_valid >= k
     n_sub = options.preemptive_points if 0 < options.preemptive_points < N else 0
-    keep = min(options.preemptive_keep, H * S)
+    keep = min(options.preemptive_keep, _QUANTUM * S)
     per_problem = H * S * n_sub + keep * N if n_sub else H * S * N
     chunk = max(1, options.max_elements // max(1, per_problem))
 
@@ -203,19 +205,27 @@ def ransac(
             act = running.nonzero().squeeze(-1)
             if act.numel() == 0:
                 break
+            # round size per problem: what its termination bound still asks for (rounded up to _QUANTUM), at
+            # most H; a chunk draws its largest round and masks the surplus, so a problem's hypotheses are its
+            # own counter's sequence whatever the batch around it
+            want = ((limit - done.double()) / _QUANTUM).ceil().long().clamp(1) * _QUANTUM
+            want = want.clamp(max=H)
             for I in act.split(chunk):
                 C = I.numel()
+                w_I = want[I]
+                Hc = int(w_I.max())
                 pool = progressive_pool(n_valid[I], k, done[I], growth)
-                ranks = sample_subsets(pool, k, H, seeds[I], rnd)
-                idx = torch.gather(order[I], 1, ranks.reshape(C, H * k)).reshape(C, H, k)
+                ranks = sample_subsets(pool, k, Hc, seeds[I], 0, first=done[I])
+                idx = torch.gather(order[I], 1, ranks.reshape(C, Hc * k)).reshape(C, Hc, k)
                 d_I = tuple(x[I] for x in data)
                 c_I = tuple(c[I] for c in ctx)
-                sample = tuple(_gather_rows(x, idx).reshape(C * H, k, x.shape[-1]) for x in d_I)
-                c_rep = tuple(c.repeat_interleave(H, dim=0) for c in c_I)
+                sample = tuple(_gather_rows(x, idx).reshape(C * Hc, k, x.shape[-1]) for x in d_I)
+                c_rep = tuple(c.repeat_interleave(Hc, dim=0) for c in c_I)
                 params, pvalid = model.minimal(sample, c_rep)
-                params = params.reshape(C, H * S, *model.param_shape)
-                pvalid = pvalid.reshape(C, H * S) & torch.isfinite(params.flatten(2)).all(-1)
-                params = torch.where(pvalid.reshape(C, H * S, *([1] * len(model.param_shape))), params,
+                params = params.reshape(C, Hc * S, *model.param_shape)
+                drawn = (torch.arange(Hc, device=device)[None, :] < w_I[:, None]).repeat_interleave(S, dim=1)
+                pvalid = pvalid.reshape(C, Hc * S) & drawn & torch.isfinite(params.flatten(2)).all(-1)
+                params = torch.where(pvalid.reshape(C, Hc * S, *([1] * len(model.param_shape))), params,
                                      torch.zeros((), dtype=params.dtype, device=device))
                 v_I = valid[I]
                 if n_sub:
@@ -258,7 +268,7 @@ def ransac(
                     best_count[bI] = cnt
                     ratio = cnt.double() / n_valid[bI].clamp_min(1).double()
                     needed[bI] = required_iterations(ratio, k, options.confidence)
-            done[act] += H
+            done[act] += want[act]
             rnd += 1
 
         # local optimisation: iterated weighted refits on the inliers of the best model

@@ -18,27 +18,11 @@ from torch3dv.solvers.fundamental import fundamental_7point, fundamental_8point
 from torch3dv.solvers.homography import homography_4point, homography_dlt
 from torch3dv.solvers.pnp import epnp, p3p, refine_pnp
 from torch3dv.solvers.rigid import kabsch, umeyama
+from torch3dv.ransac.residuals import euclidean_sq, reprojection_sq, sampson_sq, transfer_sq
 
 
 def _h(x: Tensor) -> Tensor:
     return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
-
-
-def sampson_sq(F: Tensor, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
-    """Squared Sampson error and its denominator. F (M, H, 3, 3), x (M, N, 2) -> (M, H, N) each.
-
-    Written as two large batched matmuls, (M, 3H, 3) @ (M, 3, N), rather than H x N tiny 3x3 products.
-    """
-    M, H = F.shape[:2]
-    a = _h(x1).transpose(-1, -2)  # (M, 3, N)
-    b = _h(x2).transpose(-1, -2)
-    N = x1.shape[-2]
-    Fx1 = (F.reshape(M, 3 * H, 3) @ a).reshape(M, H, 3, N)  # rows of F times x1: epipolar lines in image 2
-    Ftx2 = (F.transpose(-1, -2).reshape(M, 3 * H, 3) @ b).reshape(M, H, 3, N)
-    num = (b[:, None] * Fx1).sum(-2)
-    den = Fx1[:, :, 0] ** 2 + Fx1[:, :, 1] ** 2 + Ftx2[:, :, 0] ** 2 + Ftx2[:, :, 1] ** 2
-    den = den.clamp_min(torch.finfo(F.dtype).tiny)
-    return num * num / den, den
 
 
 def _E_to_F(E: Tensor, K1inv: Tensor, K2inv: Tensor) -> Tensor:
@@ -66,7 +50,7 @@ class EssentialModel:
 
     def residuals(self, params, data, ctx):
         F = _E_to_F(params, ctx[0], ctx[1])
-        return sampson_sq(F, data[2], data[3])[0]
+        return sampson_sq(F, data[2], data[3])
 
     def refit(self, data, weights, ctx):
         r = essential_8point(data[0], data[1], weights=weights)
@@ -76,7 +60,7 @@ class EssentialModel:
         E = params
         for _ in range(self.polish_iterations):
             F = _E_to_F(E[:, None], ctx[0], ctx[1])
-            den = sampson_sq(F.detach(), data[2], data[3])[1][:, 0]
+            den = sampson_sq(F.detach(), data[2], data[3], with_denominator=True)[1][:, 0]
             r = essential_8point(data[0], data[1], weights=weights / den)
             E = torch.where(r.success[:, None, None], r.E, E)
         return E
@@ -98,7 +82,7 @@ class FundamentalModel:
         return sol.F, sol.valid
 
     def residuals(self, params, data, ctx):
-        return sampson_sq(params, data[0], data[1])[0]
+        return sampson_sq(params, data[0], data[1])
 
     def refit(self, data, weights, ctx):
         r = fundamental_8point(data[0], data[1], weights=weights)
@@ -107,7 +91,7 @@ class FundamentalModel:
     def polish(self, params, data, weights, ctx):
         F = params
         for _ in range(self.polish_iterations):
-            den = sampson_sq(F.detach()[:, None], data[0], data[1])[1][:, 0]
+            den = sampson_sq(F.detach()[:, None], data[0], data[1], with_denominator=True)[1][:, 0]
             r = fundamental_8point(data[0], data[1], weights=weights / den)
             F = torch.where(r.success[:, None, None], r.F, F)
         return F
@@ -129,14 +113,7 @@ class HomographyModel:
         return r.H[:, None], r.success[:, None]
 
     def residuals(self, params, data, ctx):
-        M, H = params.shape[:2]
-        p = (params.reshape(M, 3 * H, 3) @ _h(data[0]).transpose(-1, -2)).reshape(M, H, 3, data[0].shape[1])
-        w = p[:, :, 2]
-        tiny = torch.finfo(p.dtype).eps
-        w = torch.where(w.abs() < tiny, torch.full_like(w, tiny), w)
-        du = p[:, :, 0] / w - data[1][:, None, :, 0]
-        dv = p[:, :, 1] / w - data[1][:, None, :, 1]
-        return du * du + dv * dv
+        return transfer_sq(params, data[0], data[1])
 
     def refit(self, data, weights, ctx):
         r = homography_dlt(data[0], data[1], weights=weights)
@@ -171,19 +148,7 @@ class AbsolutePoseModel:
         return torch.cat([sol.R, sol.t[..., None]], dim=-1), sol.valid
 
     def residuals(self, params, data, ctx):
-        M, H = params.shape[:2]
-        Xc = (params.reshape(M, 3 * H, 4) @ _h(data[1]).transpose(-1, -2)).reshape(M, H, 3, data[1].shape[1])
-        z = Xc[:, :, 2]
-        front = z > torch.finfo(z.dtype).eps
-        inv_z = 1.0 / torch.where(front, z, torch.ones_like(z))
-        xn, yn = Xc[:, :, 0] * inv_z, Xc[:, :, 1] * inv_z
-        K = ctx[0]
-        fx, s, cx = K[:, 0, 0, None, None], K[:, 0, 1, None, None], K[:, 0, 2, None, None]
-        fy, cy = K[:, 1, 1, None, None], K[:, 1, 2, None, None]
-        du = fx * xn + s * yn + cx - data[0][:, None, :, 0]
-        dv = fy * yn + cy - data[0][:, None, :, 1]
-        r2 = du * du + dv * dv
-        return torch.where(front, r2, torch.full_like(r2, float("inf")))
+        return reprojection_sq(params, data[1], data[0], ctx[0])
 
     def refit(self, data, weights, ctx):
         r = epnp(data[0], data[1], ctx[0], weights=weights)
@@ -219,10 +184,7 @@ class RigidModel:
         return P[:, None], ok[:, None]
 
     def residuals(self, params, data, ctx):
-        M, H = params.shape[:2]
-        Yp = (params.reshape(M, 3 * H, 4) @ _h(data[0]).transpose(-1, -2)).reshape(M, H, 3, data[0].shape[1])
-        d = Yp - data[1].transpose(-1, -2)[:, None]
-        return (d * d).sum(-2)
+        return euclidean_sq(params, data[0], data[1])
 
     def refit(self, data, weights, ctx):
         return self._fit(data[0], data[1], weights)

@@ -33,7 +33,7 @@ def uniform_hash(seed: Tensor, round_: int, hyp: Tensor, draw: int) -> Tensor:
     Args:
         seed: per-problem seeds (M,) int64.
         round_: round number.
-        hyp: hypothesis indices (H,) int64.
+        hyp: hypothesis indices, (H,) shared by all problems or (M, H) per problem, int64.
         draw: which draw within a hypothesis.
 
     Returns:
@@ -41,13 +41,13 @@ def uniform_hash(seed: Tensor, round_: int, hyp: Tensor, draw: int) -> Tensor:
     """
     h = _mix32((seed[:, None] & _MASK32) * 0x27D4EB2D + 0x165667B1)
     h = _mix32(h ^ (round_ * 0x3C6EF372 & _MASK32))
-    h = _mix32(h ^ hyp[None, :])
+    h = _mix32(h ^ (hyp[None, :] if hyp.ndim == 1 else hyp))
     h = _mix32(h ^ ((draw + 1) * 0x61C88647 & _MASK32))
     return h.to(torch.float64) / 4294967296.0
 
 
 def sample_subsets(
-    pool: Tensor, k: int, num_hypotheses: int, seed: Tensor, round_: int
+    pool: Tensor, k: int, num_hypotheses: int, seed: Tensor, round_: int, first: Tensor | None = None
 ) -> Tensor:
     """Uniform k-subsets of {0, ..., pool-1} per problem (Floyd's algorithm).
 
@@ -58,6 +58,9 @@ def sample_subsets(
         num_hypotheses: H subsets per problem.
         seed: (M,) int64 per-problem seeds.
         round_: round counter, so that each round draws new subsets.
+        first: optional (M,) int64 index of each problem's first hypothesis: subset ``h`` of problem ``i`` is
+            then its hypothesis number ``first[i] + h`` (a per-problem counter, so rounds of any size draw a
+            problem's hypotheses in one fixed sequence).
 
     Returns:
         (M, H, k) int64 ranks in [0, pool).
@@ -65,6 +68,8 @@ def sample_subsets(
     M = pool.shape[0]
     device = pool.device
     hyp = torch.arange(num_hypotheses, device=device, dtype=torch.int64)
+    if first is not None:
+        hyp = first[:, None] + hyp
     n = pool.clamp_min(k)[:, None]  # (M, 1)
     out = torch.empty(M, num_hypotheses, k, dtype=torch.int64, device=device)
     for j in range(k):

@@ -54,18 +54,26 @@ def _residuals_and_jacobian(R, t, x1, x2, K1inv, K2inv, jacobian: bool = True):
     """Residuals (M, N) and their Jacobian (M, N, 5) with respect to the local step of :func:`_retract`.
 
     With ``l = F a``, ``m = F^T b``, ``s = b^T F a`` and ``d = l1^2 + l2^2 + m1^2 + m2^2`` the residual is
-    ``s / sqrt(d)`` and for a matrix perturbation ``dF``: ``dr = ds / sqrt(d) - s dd / (2 d^1.5)`` with
-    ``ds = b^T dF a`` and ``dd = 2 (l1 dl1 + l2 dl2 + m1 dm1 + m2 dm2)``. The five ``dF`` are
-    ``K2^-T [t]x [e_j]x R K1^-1`` (rotation) and ``K2^-T [u]x R K1^-1``, ``K2^-T [v]x R K1^-1`` (translation).
+    ``s / sqrt(d)``. For a matrix perturbation ``dF``, ``dr = ds / sqrt(d) - s dd / (2 d^1.5)`` with
+    ``ds = b^T dF a`` and ``dd = 2 (l1 dl1 + l2 dl2 + m1 dm1 + m2 dm2)``, which is linear in ``dF``:
+    ``dr = <dF, G>`` (Frobenius) with ``G = p a^T - q m'^T``, ``p = b / sqrt(d) - (s / d^1.5) l'``,
+    ``q = (s / d^1.5) b`` and ``l' = (l1, l2, 0)``, ``m' = (m1, m2, 0)``. The five ``dF`` are
+    ``K2^-T [t]x [e_j]x R K1^-1`` (rotation) and ``K2^-T [u]x R K1^-1``, ``K2^-T [v]x R K1^-1``
+    (translation), so the Jacobian is one (M, N, 9) @ (M, 9, 5) product.
     """
     A = K2inv.transpose(-1, -2)
     F = A @ skew(t) @ R @ K1inv
-    a = torch.cat([x1, torch.ones_like(x1[..., :1])], -1)  # (M, N, 3)
-    b = torch.cat([x2, torch.ones_like(x2[..., :1])], -1)
-    l = a @ F.transpose(-1, -2)
-    m = b @ F
-    s = (b * l).sum(-1)
-    d = (l[..., 0] ** 2 + l[..., 1] ** 2 + m[..., 0] ** 2 + m[..., 1] ** 2).clamp_min(torch.finfo(F.dtype).tiny)
+    # reductions over size-3 axes are written out: torch's CPU sum over a short innermost axis is slow
+    u1, v1 = x1[..., 0], x1[..., 1]
+    u2, v2 = x2[..., 0], x2[..., 1]
+    f = F.reshape(-1, 9, 1).unbind(1)  # entries (M, 1)
+    l0 = f[0] * u1 + f[1] * v1 + f[2]
+    l1 = f[3] * u1 + f[4] * v1 + f[5]
+    l2 = f[6] * u1 + f[7] * v1 + f[8]
+    m0 = f[0] * u2 + f[3] * v2 + f[6]
+    m1 = f[1] * u2 + f[4] * v2 + f[7]
+    s = l0 * u2 + l1 * v2 + l2
+    d = (l0 * l0 + l1 * l1 + m0 * m0 + m1 * m1).clamp_min(torch.finfo(F.dtype).tiny)
     inv_sqrt = d.rsqrt()
     r = s * inv_sqrt
     if not jacobian:
@@ -76,13 +84,13 @@ def _residuals_and_jacobian(R, t, x1, x2, K1inv, K2inv, jacobian: bool = True):
     RK = R @ K1inv  # (M, 3, 3)
     dF = torch.stack([A @ tx @ skew(eye[j].expand_as(t)) @ RK for j in range(3)]
                      + [A @ skew(u) @ RK, A @ skew(v) @ RK], dim=1)  # (M, 5, 3, 3)
-    dl = torch.einsum("mnk,mjik->mjni", a, dF)  # (M, 5, N, 3): dF a
-    dm = torch.einsum("mnk,mjki->mjni", b, dF)  # dF^T b
-    ds = (b[:, None] * dl).sum(-1)  # (M, 5, N)
-    dd = 2 * (l[:, None, :, 0] * dl[..., 0] + l[:, None, :, 1] * dl[..., 1]
-              + m[:, None, :, 0] * dm[..., 0] + m[:, None, :, 1] * dm[..., 1])
-    J = ds * inv_sqrt[:, None] - 0.5 * (s * inv_sqrt / d)[:, None] * dd
-    return r, J.transpose(1, 2)
+    c = r * inv_sqrt * inv_sqrt  # s / d^1.5
+    p0, p1, p2 = u2 * inv_sqrt - c * l0, v2 * inv_sqrt - c * l1, inv_sqrt
+    q0, q1, q2 = c * u2, c * v2, c
+    G = torch.stack([p0 * u1 - q0 * m0, p0 * v1 - q0 * m1, p0,
+                     p1 * u1 - q1 * m0, p1 * v1 - q1 * m1, p1,
+                     p2 * u1 - q2 * m0, p2 * v1 - q2 * m1, p2.expand_as(u1)], dim=-1)  # (M, N, 9)
+    return r, G @ dF.reshape(-1, 5, 9).transpose(-1, -2)
 
 
 def refine_relative_pose(
@@ -119,8 +127,11 @@ def refine_relative_pose(
         return _residuals_and_jacobian(params[0], params[1], x1, x2, K1inv, K2inv)
 
     t0 = t / t.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(t.dtype).tiny)
+    needs_grad = torch.is_grad_enabled() and any(
+        x.requires_grad for x in (R, t, x1, x2, K1, K2, weights))
     res = levenberg_marquardt(residual_fn, (R, t0), _retract,
-                              LMOptions(max_iterations=iterations, loss=loss, loss_scale=loss_scale),
+                              LMOptions(max_iterations=iterations, loss=loss, loss_scale=loss_scale,
+                                        grad_mode="implicit" if needs_grad else "none"),
                               weights=weights)
     Rr, tr = res.params
     ok = torch.isfinite(res.cost) & torch.isfinite(Rr).flatten(-2).all(-1) & torch.isfinite(tr).all(-1)

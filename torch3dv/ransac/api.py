@@ -20,6 +20,7 @@ from torch import Tensor
 
 from torch3dv._checks import check_intrinsics, check_same_device_dtype, prepare_correspondences
 from torch3dv.camera.pinhole import bearing_vectors, intrinsics_inverse, pixels_to_normalized
+from torch3dv.ransac.degeneracy import plane_and_parallax
 from torch3dv.ransac.estimator import RansacOptions, ransac
 from torch3dv.linalg.skew import skew
 from torch3dv.ransac.models import (
@@ -209,19 +210,27 @@ def estimate_fundamental(
     weights: Tensor | None = None,
     scores: Tensor | None = None,
     options: RansacOptions | None = None,
+    degeneracy_check: bool = True,
 ) -> FundamentalEstimate:
     """Robust fundamental matrix from pixel correspondences (7-point RANSAC, 8-point LO, IRLS polish).
 
     Args:
         x1, x2: pixels (*B, N, 2). threshold: Sampson error threshold in pixels (default 1.0).
         mask, weights, scores, options: as in :func:`estimate_relative_pose`.
+        degeneracy_check: test each result against a dominant plane and re-estimate it by plane-and-parallax
+            where that scores better (DEGENSAC-style; :mod:`torch3dv.ransac.degeneracy`).
     """
     (x1f, x2f), w, valid, pr, lead, N = _prepare({"x1": x1, "x2": x2}, {"x1": 2, "x2": 2}, weights, mask, scores)
     opts = _options(options, threshold, 1.0)
     out = ransac(FundamentalModel(), (x1f, x2f), (), valid, opts, priority=pr, refit_weights=w)
     F = out.params / out.params.flatten(1).norm(dim=-1).clamp_min(torch.finfo(out.params.dtype).tiny)[:, None, None]
-    return FundamentalEstimate(_unflatten(F, lead), _unflatten(out.inliers, lead),
-                               _unflatten(out.inliers.sum(-1), lead), _unflatten(out.success, lead))
+    inl = out.inliers
+    if degeneracy_check and F.shape[0] > 0:
+        seeds = opts.seed + torch.arange(F.shape[0], dtype=torch.int64, device=F.device)
+        chk = plane_and_parallax(F, inl & out.success[:, None], x1f, x2f, valid, opts, seeds, refit_weights=w)
+        F, inl = chk.F, chk.inliers
+    return FundamentalEstimate(_unflatten(F, lead), _unflatten(inl, lead),
+                               _unflatten(inl.sum(-1), lead), _unflatten(out.success, lead))
 
 
 def estimate_homography(

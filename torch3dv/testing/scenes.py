@@ -131,6 +131,7 @@ def two_view_scene(
     image_size: tuple[int, int] = (640, 480),
     baseline: tuple[float, float] = (0.3, 1.0),
     pure_rotation: bool = False,
+    planar_fraction: float = 1.0,
     seed: int | torch.Generator | None = 0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
@@ -146,7 +147,10 @@ def two_view_scene(
         num_points: correspondences per problem N.
         noise_px: std-dev of Gaussian pixel noise added to both views.
         outlier_ratio: fraction of rows whose x2 is replaced by a uniform random pixel.
-        planar: put all points on one plane (a homography relates the views).
+        planar: put the points on one plane (a homography relates the views).
+        planar_fraction: with ``planar``, only the first ``round(planar_fraction * N)`` points lie on the plane
+            and the others keep their random depths (a dominant plane: the degenerate case of F estimation);
+            ``H`` then holds for those points only.
         image_size: (width, height).
         baseline: range of camera distances in metres.
         pure_rotation: camera 2 at the same centre as camera 1 (t = 0; E is undefined and is all zeros).
@@ -169,7 +173,8 @@ def two_view_scene(
         p0 = torch.stack([torch.zeros(B), torch.zeros(B), torch.empty(B).uniform_(3.0, 5.0, generator=g)],
                          -1).double()
         d = (n * p0).sum(-1)
-        depth = d[:, None] / (rays @ n[..., None])[..., 0]
+        on_plane = torch.arange(N) < round(planar_fraction * N)
+        depth = torch.where(on_plane, d[:, None] / (rays @ n[..., None])[..., 0], depth)
         plane = torch.cat([n, d[:, None]], dim=-1)
     X = rays * depth[..., None]
     centroid = X.mean(dim=1)

@@ -4,7 +4,7 @@ Conventions (cameras, poses, pixels, units) are stated once, in the README's "Co
 Importing torch3dv has no side effects: no global flags, no downloads, no optional dependencies.
 """
 
-from torch3dv import camera, geometry, linalg, optim, ransac, solvers, testing
+from torch3dv import camera, features, geometry, linalg, models, optim, pipelines, ransac, solvers, testing
 from torch3dv.ransac import (
     RansacOptions,
     estimate_absolute_pose,
@@ -18,9 +18,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "camera",
+    "features",
     "geometry",
     "linalg",
+    "models",
     "optim",
+    "pipelines",
     "ransac",
     "solvers",
     "testing",

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from torch3dv._checks import check_intrinsics, check_same_device_dtype, prepare_correspondences
+from torch3dv.camera.models import Camera, undistort_pixels
 from torch3dv.camera.pinhole import bearing_vectors, intrinsics_inverse, pixels_to_normalized
 from torch3dv.ransac.degeneracy import plane_and_parallax
 from torch3dv.ransac.estimator import RansacOptions, ransac
@@ -142,6 +143,24 @@ def _prepare(points: dict, dims: dict, weights, mask, scores):
     return flat, w, valid, pr, lead, N
 
 
+def _undistorted(x: Tensor, camera, mask: Tensor | None, name: str):
+    """Maps observed pixels of a distorted :class:`~torch3dv.camera.Camera` to ideal pinhole pixels with the same K.
+
+    Returns ``(pixels, K, mask)``; points whose undistortion does not converge (e.g. fisheye rays beyond 90
+    degrees) are masked out. A plain intrinsics tensor passes through unchanged (``K = camera``).
+    """
+    if camera is None or isinstance(camera, Tensor):
+        return x, camera, mask
+    if not isinstance(camera, Camera):
+        raise ValueError(f"{name} must be an intrinsics tensor (*B, 3, 3) or a torch3dv.camera.Camera, "
+                         f"got {type(camera).__name__}")
+    if camera.model == "pinhole":
+        return x, camera.K, mask
+    r = undistort_pixels(camera, x, return_converged=True)
+    ok = r.converged & torch.isfinite(r.points).all(-1)
+    return r.points, camera.K, ok if mask is None else mask & ok
+
+
 def _unflatten(x: Tensor, lead: torch.Size) -> Tensor:
     return x.reshape(*lead, *x.shape[1:])
 
@@ -149,8 +168,8 @@ def _unflatten(x: Tensor, lead: torch.Size) -> Tensor:
 def estimate_relative_pose(
     x1: Tensor,
     x2: Tensor,
-    K1: Tensor,
-    K2: Tensor,
+    K1: Tensor | Camera,
+    K2: Tensor | Camera,
     threshold: float | None = None,
     mask: Tensor | None = None,
     weights: Tensor | None = None,
@@ -161,8 +180,10 @@ def estimate_relative_pose(
 
     Args:
         x1, x2: corresponding pixels in image 1 and 2, (*B, N, 2) (README, "Conventions").
-        K1, K2: pinhole intrinsics (*B, 3, 3) or broadcastable (e.g. (3, 3)). For distorted images, first
-            map pixels with ``torch3dv.camera.undistort_pixels``.
+        K1, K2: pinhole intrinsics (*B, 3, 3) or broadcastable (e.g. (3, 3)), or a
+            :class:`torch3dv.camera.Camera` with lens distortion: the pixels are then undistorted first
+            (ideal pinhole pixels with the same K; the threshold applies there) and points whose undistortion
+            fails are left out.
         threshold: inlier threshold on the Sampson error, pixels (default 1.0 or ``options.threshold``).
         mask: (*B, N) bool, False for padding rows.
         weights: (*B, N) non-negative confidences used in the final refit (gradients flow to them).
@@ -172,6 +193,8 @@ def estimate_relative_pose(
     Returns:
         :class:`RelativePoseEstimate` with ``cam2_from_cam1`` (R, unit t).
     """
+    x1, K1, mask = _undistorted(x1, K1, mask, "K1")
+    x2, K2, mask = _undistorted(x2, K2, mask, "K2")
     (x1f, x2f), w, valid, pr, lead, N = _prepare({"x1": x1, "x2": x2}, {"x1": 2, "x2": 2}, weights, mask, scores)
     K1f, K2f = _intrinsics(K1, "K1", lead, x1), _intrinsics(K2, "K2", lead, x1)
     okK = _finite_K(K1f) & _finite_K(K2f)
@@ -211,6 +234,8 @@ def estimate_fundamental(
     scores: Tensor | None = None,
     options: RansacOptions | None = None,
     degeneracy_check: bool = True,
+    camera1: Camera | None = None,
+    camera2: Camera | None = None,
 ) -> FundamentalEstimate:
     """Robust fundamental matrix from pixel correspondences (7-point RANSAC, 8-point LO, IRLS polish).
 
@@ -219,7 +244,11 @@ def estimate_fundamental(
         mask, weights, scores, options: as in :func:`estimate_relative_pose`.
         degeneracy_check: test each result against a dominant plane and re-estimate it by plane-and-parallax
             where that scores better (DEGENSAC-style; :mod:`torch3dv.ransac.degeneracy`).
+        camera1, camera2: optional distorted cameras of the two images: pixels are undistorted first and F
+            relates the ideal pinhole pixels (same K); points whose undistortion fails are left out.
     """
+    x1, _, mask = _undistorted(x1, camera1, mask, "camera1")
+    x2, _, mask = _undistorted(x2, camera2, mask, "camera2")
     (x1f, x2f), w, valid, pr, lead, N = _prepare({"x1": x1, "x2": x2}, {"x1": 2, "x2": 2}, weights, mask, scores)
     opts = _options(options, threshold, 1.0)
     out = ransac(FundamentalModel(), (x1f, x2f), (), valid, opts, priority=pr, refit_weights=w)
@@ -241,13 +270,18 @@ def estimate_homography(
     weights: Tensor | None = None,
     scores: Tensor | None = None,
     options: RansacOptions | None = None,
+    camera1: Camera | None = None,
+    camera2: Camera | None = None,
 ) -> HomographyEstimate:
     """Robust homography x2 ~ H x1 from pixel correspondences (4-point RANSAC, DLT LO, IRLS polish).
 
     Args:
         x1, x2: pixels (*B, N, 2). threshold: one-way transfer error threshold in pixels (default 2.0).
         mask, weights, scores, options: as in :func:`estimate_relative_pose`.
+        camera1, camera2: optional distorted cameras, as in :func:`estimate_fundamental`.
     """
+    x1, _, mask = _undistorted(x1, camera1, mask, "camera1")
+    x2, _, mask = _undistorted(x2, camera2, mask, "camera2")
     (x1f, x2f), w, valid, pr, lead, N = _prepare({"x1": x1, "x2": x2}, {"x1": 2, "x2": 2}, weights, mask, scores)
     opts = _options(options, threshold, 2.0)
     out = ransac(HomographyModel(), (x1f, x2f), (), valid, opts, priority=pr, refit_weights=w)
@@ -262,7 +296,7 @@ def estimate_homography(
 def estimate_absolute_pose(
     x: Tensor,
     X: Tensor,
-    K: Tensor,
+    K: Tensor | Camera,
     threshold: float | None = None,
     mask: Tensor | None = None,
     weights: Tensor | None = None,
@@ -272,10 +306,13 @@ def estimate_absolute_pose(
     """Robust PnP: ``cam_from_world`` from pixels and world points (P3P RANSAC, EPnP LO, LM polish).
 
     Args:
-        x: pixels (*B, N, 2). X: world points (*B, N, 3), metres. K: intrinsics (*B, 3, 3) or broadcastable.
+        x: pixels (*B, N, 2). X: world points (*B, N, 3), metres. K: intrinsics (*B, 3, 3) or broadcastable,
+            or a distorted :class:`torch3dv.camera.Camera` (pixels undistorted first, as in
+            :func:`estimate_relative_pose`).
         threshold: reprojection error threshold in pixels (default 2.0).
         mask, weights, scores, options: as in :func:`estimate_relative_pose`.
     """
+    x, K, mask = _undistorted(x, K, mask, "K")
     (xf, Xf), w, valid, pr, lead, N = _prepare({"x": x, "X": X}, {"x": 2, "X": 3}, weights, mask, scores)
     Kf = _intrinsics(K, "K", lead, x)
     okK = _finite_K(Kf)

@@ -27,6 +27,18 @@ def _mix32(x: Tensor) -> Tensor:
     return x
 
 
+def _hypothesis_keys(seed: Tensor, round_: int, hyp: Tensor) -> Tensor:
+    """32-bit keys (M, H) of (problem seed, round, hypothesis); each draw then costs one more mix."""
+    h = _mix32((seed[:, None] & _MASK32) * 0x27D4EB2D + 0x165667B1)
+    h = _mix32(h ^ (round_ * 0x3C6EF372 & _MASK32))
+    return _mix32(h ^ (hyp[None, :] if hyp.ndim == 1 else hyp))
+
+
+def _draw(keys: Tensor, draw: int) -> Tensor:
+    """Uniforms in [0, 1) (float64 with 32 random bits) for one draw of every key."""
+    return _mix32(keys ^ ((draw + 1) * 0x61C88647 & _MASK32)).to(torch.float64) / 4294967296.0
+
+
 def uniform_hash(seed: Tensor, round_: int, hyp: Tensor, draw: int) -> Tensor:
     """Uniform numbers in [0, 1) from counters.
 
@@ -39,11 +51,7 @@ def uniform_hash(seed: Tensor, round_: int, hyp: Tensor, draw: int) -> Tensor:
     Returns:
         (M, H) float64 uniforms (53-bit precision is not needed; 32 bits are used).
     """
-    h = _mix32((seed[:, None] & _MASK32) * 0x27D4EB2D + 0x165667B1)
-    h = _mix32(h ^ (round_ * 0x3C6EF372 & _MASK32))
-    h = _mix32(h ^ (hyp[None, :] if hyp.ndim == 1 else hyp))
-    h = _mix32(h ^ ((draw + 1) * 0x61C88647 & _MASK32))
-    return h.to(torch.float64) / 4294967296.0
+    return _draw(_hypothesis_keys(seed, round_, hyp), draw)
 
 
 def sample_subsets(
@@ -72,12 +80,15 @@ def sample_subsets(
         hyp = first[:, None] + hyp
     n = pool.clamp_min(k)[:, None]  # (M, 1)
     out = torch.empty(M, num_hypotheses, k, dtype=torch.int64, device=device)
+    keys = _hypothesis_keys(seed.to(device), round_, hyp)
     for j in range(k):
         i = n - k + j  # (M, 1): draw from [0, i]
-        u = uniform_hash(seed, round_, hyp, j).to(device)
+        u = _draw(keys, j)
         r = torch.minimum((u * (i + 1).double()).long(), i)
         if j > 0:
-            dup = (out[..., :j] == r[..., None]).any(-1)
+            dup = out[..., 0] == r  # (written out: any() over a short last axis is slow on CPU)
+            for q in range(1, j):
+                dup |= out[..., q] == r
             r = torch.where(dup, i.expand_as(r), r)
         out[..., j] = r
     return torch.minimum(out, (pool.clamp_min(1) - 1)[:, None, None])

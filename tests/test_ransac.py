@@ -196,3 +196,42 @@ def test_homography_gradcheck():
     x1 = s.x1.clone().requires_grad_(True)
     x2 = x2.requires_grad_(True)
     assert torch.autograd.gradcheck(fn, (x1, x2), eps=1e-6, atol=1e-4, fast_mode=True)
+
+
+def test_eighty_percent_outliers():
+    # relative pose: 0.2^5 -> ~29k samples for 0.9999 confidence; homography 0.2^4 -> ~6k
+    s = two_view_scene(3, 500, noise_px=0.5, outlier_ratio=0.8, seed=31)
+    est = torch3dv.estimate_relative_pose(s.x1, s.x2, s.K1, s.K2, threshold=1.0,
+                                          options=RansacOptions(max_iterations=40000))
+    assert bool(est.success.all())
+    # 100 inliers with 0.5 px noise: errors about twice those at 300 inliers
+    assert float(deg(rotation_error(est.R, s.R)).max()) < 1.5
+    assert float(f1(est.inliers, s.inliers).min()) > 0.85
+    p = two_view_scene(3, 500, noise_px=0.5, outlier_ratio=0.8, planar=True, seed=32)
+    h = torch3dv.estimate_homography(p.x1, p.x2, threshold=2.0)
+    assert float(transfer(h.H, p.x1_clean, p.x2_clean).median()) < 0.5
+
+
+def test_fundamental_eighty_percent_outliers_with_prosac_scores():
+    # 0.2^7: plain RANSAC would need ~700k samples; match scores that rank inliers higher (as a matcher's do)
+    # let the PROSAC-style pool find an all-inlier sample early
+    s = two_view_scene(3, 500, noise_px=0.5, outlier_ratio=0.8, seed=33)
+    g = torch.Generator().manual_seed(0)
+    scores = s.inliers.double() + 1.2 * torch.rand(s.inliers.shape, generator=g, dtype=torch.float64)
+    est = torch3dv.estimate_fundamental(s.x1, s.x2, threshold=1.0, scores=scores,
+                                        options=RansacOptions(prosac_growth=2000))
+    from torch3dv.solvers.fundamental import sampson_distance
+
+    assert bool(est.success.all())
+    assert float(sampson_distance(est.F, s.x1_clean, s.x2_clean).sqrt().median()) < 0.5
+
+
+def test_unbatched_inputs_give_unbatched_results():
+    from torch3dv.testing import rigid_scene
+
+    r = rigid_scene(1, 60, seed=0)
+    est = torch3dv.estimate_rigid(r.X[0], r.Y[0], threshold=0.05)
+    assert est.R.shape == (3, 3) and est.t.shape == (3,) and est.s.shape == () and est.success.shape == ()
+    s = two_view_scene(1, 100, noise_px=0.5, seed=0)
+    e = torch3dv.estimate_relative_pose(s.x1[0], s.x2[0], s.K1[0], s.K2[0])
+    assert e.R.shape == (3, 3) and e.inliers.shape == (100,) and bool(e.success)

@@ -162,7 +162,7 @@ def _undistorted(x: Tensor, camera, mask: Tensor | None, name: str):
 
 
 def _unflatten(x: Tensor, lead: torch.Size) -> Tensor:
-    return x.reshape(*lead, *x.shape[1:])
+    return x.reshape(tuple(lead) + tuple(x.shape[1:]))
 
 
 def estimate_relative_pose(

@@ -33,8 +33,9 @@ class RansacOptions:
         confidence: probability of having drawn at least one all-inlier sample, for adaptive termination.
         min_iterations: hypotheses drawn per problem at least.
         max_iterations: hypotheses drawn per problem at most.
-        hypotheses_per_round: H, minimal samples per problem in a round at most. The first round draws H; later
-            rounds draw what the problem's termination bound still asks for, rounded up to a multiple of 8.
+        hypotheses_per_round: H, minimal samples per problem in the first round. Later rounds draw what the
+            problem's termination bound still asks for (rounded up to a multiple of 8), at most H * 2^r in its
+            round r and at most 16 H: problems that need many hypotheses get few, large solver calls.
         score: "inliers", "msac" or "magsac" (MAGSAC++).
         local_optimization: LO iterations (weighted refits on the inliers of the best model); 0 disables.
         final_refine: run the model's nonlinear polish (e.g. LM on Sampson error) on the final inliers.
@@ -119,6 +120,7 @@ class RansacOutput(NamedTuple):
 
 _SUBSET_STREAM = 1 << 20  # round offset that separates the preemptive-subset draws from the sample draws
 _QUANTUM = 8  # round sizes after the first are multiples of this
+_GROWTH_LOG2 = 4  # round sizes grow up to H * 2^4 for problems that need many hypotheses
 
 
 def required_iterations(inlier_ratio: Tensor, k: int, confidence: float) -> Tensor:
@@ -189,12 +191,10 @@ def ransac(
     needed = torch.full((M,), float(options.max_iterations), dtype=torch.float64, device=device)
     feasible = n_valid >= k
     n_sub = options.preemptive_points if 0 < options.preemptive_points < N else 0
-    keep = min(options.preemptive_keep, _QUANTUM * S)
-    per_problem = H * S * n_sub + keep * N if n_sub else H * S * N
-    chunk = max(1, options.max_elements // max(1, per_problem))
+    rounds = torch.zeros(M, dtype=torch.int64, device=device)
+    ones_p = torch.ones(math.prod(model.param_shape), dtype=ref.dtype, device=device)
 
     with torch.no_grad():
-        rnd = 0
         while True:
             limit = torch.maximum(needed, torch.full_like(needed, float(options.min_iterations)))
             limit = limit.clamp(max=float(options.max_iterations))
@@ -206,14 +206,26 @@ def ransac(
             if act.numel() == 0:
                 break
             # round size per problem: what its termination bound still asks for (rounded up to _QUANTUM), at
-            # most H; a chunk draws its largest round and masks the surplus, so a problem's hypotheses are its
-            # own counter's sequence whatever the batch around it
+            # most H * 2^(rounds it has run) and H * 2^_GROWTH_LOG2: problems that need many hypotheses get large
+            # rounds (few, large solver calls) and the schedule depends on the problem's own history only. A
+            # chunk draws its largest round and masks the surplus, so a problem's hypotheses are its own
+            # counter's sequence whatever the batch around it; chunks group problems of similar round size.
+            cap = (H * torch.pow(2, rounds.clamp(max=_GROWTH_LOG2))).clamp(max=H * (1 << _GROWTH_LOG2))
             want = ((limit - done.double()) / _QUANTUM).ceil().long().clamp(1) * _QUANTUM
-            want = want.clamp(max=H)
-            for I in act.split(chunk):
+            want = torch.minimum(want, cap)
+            # hypotheses that reach full scoring: preemptive_keep per H drawn (per problem)
+            keep_all = torch.minimum(options.preemptive_keep * (want // H).clamp_min(1), want * S)
+            act = act[torch.argsort(want[act], descending=True, stable=True)]
+            start = 0
+            while start < act.numel():
+                Hc = int(want[act[start]])
+                keep = int(keep_all[act[start]])
+                per_problem = Hc * S * n_sub + keep * N if n_sub else Hc * S * N
+                chunk = max(1, options.max_elements // max(1, per_problem))
+                I = act[start:start + chunk]
+                start += chunk
                 C = I.numel()
                 w_I = want[I]
-                Hc = int(w_I.max())
                 pool = progressive_pool(n_valid[I], k, done[I], growth)
                 ranks = sample_subsets(pool, k, Hc, seeds[I], 0, first=done[I])
                 idx = torch.gather(order[I], 1, ranks.reshape(C, Hc * k)).reshape(C, Hc, k)
@@ -224,23 +236,35 @@ def ransac(
                 params, pvalid = model.minimal(sample, c_rep)
                 params = params.reshape(C, Hc * S, *model.param_shape)
                 drawn = (torch.arange(Hc, device=device)[None, :] < w_I[:, None]).repeat_interleave(S, dim=1)
-                pvalid = pvalid.reshape(C, Hc * S) & drawn & torch.isfinite(params.flatten(2)).all(-1)
-                params = torch.where(pvalid.reshape(C, Hc * S, *([1] * len(model.param_shape))), params,
+                pvalid = pvalid.reshape(C, Hc * S) & drawn & torch.isfinite(params.flatten(2) @ ones_p)
+                nh = Hc * S
+                if S > 1:
+                    # compaction: multi-solution solvers fill about half of their S slots; score only the
+                    # valid ones (stable order, so which hypotheses a problem sees does not change)
+                    nh = max(1, int(pvalid.sum(-1).max()))
+                    if nh < Hc * S:
+                        perm = torch.argsort((~pvalid).to(torch.uint8), dim=1, stable=True)[:, :nh]
+                        pvalid = torch.gather(pvalid, 1, perm)
+                        pshape = (C, nh) + (1,) * len(model.param_shape)
+                        params = torch.gather(params, 1, perm.reshape(pshape).expand(C, nh, *model.param_shape))
+                params = torch.where(pvalid.reshape(C, nh, *([1] * len(model.param_shape))), params,
                                      torch.zeros((), dtype=params.dtype, device=device))
                 v_I = valid[I]
                 if n_sub:
                     # preemptive verification: rank all hypotheses on a random subset of valid points
-                    sub = sample_subsets(n_valid[I], n_sub, 1, seeds[I], rnd + _SUBSET_STREAM)[:, 0]
+                    sub = sample_subsets(n_valid[I], n_sub, 1, seeds[I], _SUBSET_STREAM, first=rounds[I])[:, 0]
                     sub = torch.gather(order[I], 1, sub)  # (C, n_sub)
                     d_sub = tuple(torch.gather(x, 1, sub[..., None].expand(C, n_sub, x.shape[-1])) for x in d_I)
                     r2s = model.residuals(params, d_sub, c_I)  # (C, H*S, n_sub)
                     ss = score_residuals(r2s, torch.gather(v_I, 1, sub)[:, None, :], th[I][:, None],
                                          options.score, model.dof)
                     ss = torch.where(pvalid, ss, torch.full_like(ss, -math.inf))
+                    keep = min(int(keep_all[I].max()), nh)
                     top_s, top_i = ss.topk(keep, dim=-1)  # (C, keep)
                     pshape = (C, keep) + (1,) * len(model.param_shape)
                     params = torch.gather(params, 1, top_i.reshape(pshape).expand(C, keep, *model.param_shape))
-                    pvalid = top_s > -math.inf
+                    kept = torch.arange(keep, device=device)[None, :] < keep_all[I][:, None]
+                    pvalid = (top_s > -math.inf) & kept
                 r2 = model.residuals(params, d_I, c_I)  # (C, hypotheses, N)
                 sc = score_residuals(r2, v_I[:, None, :], th[I][:, None], options.score, model.dof)
                 sc = torch.where(pvalid, sc, torch.full_like(sc, -math.inf))
@@ -269,7 +293,7 @@ def ransac(
                     ratio = cnt.double() / n_valid[bI].clamp_min(1).double()
                     needed[bI] = required_iterations(ratio, k, options.confidence)
             done[act] += want[act]
-            rnd += 1
+            rounds[act] += 1
 
         # local optimisation: iterated weighted refits on the inliers of the best model
     # (outside no_grad: the polish below is differentiable w.r.t. the data)

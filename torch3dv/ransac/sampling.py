@@ -86,9 +86,12 @@ def sample_subsets(
         u = _draw(keys, j)
         r = torch.minimum((u * (i + 1).double()).long(), i)
         if j > 0:
-            dup = out[..., 0] == r  # (written out: any() over a short last axis is slow on CPU)
-            for q in range(1, j):
-                dup |= out[..., q] == r
+            if j <= 8:  # written out: any() over a short last axis is slow on CPU
+                dup = out[..., 0] == r
+                for q in range(1, j):
+                    dup |= out[..., q] == r
+            else:
+                dup = (out[..., :j] == r[..., None]).any(-1)
             r = torch.where(dup, i.expand_as(r), r)
         out[..., j] = r
     return torch.minimum(out, (pool.clamp_min(1) - 1)[:, None, None])

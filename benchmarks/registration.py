@@ -1,0 +1,193 @@
+"""Point cloud registration: torch3dv vs Open3D (legacy pipelines) on the same inputs, in one run.
+
+Workloads:
+    icp_bunny        ICP point-to-point and point-to-plane, bun045 -> bun000 (~40k points each), both libraries
+                     from the same perturbed ground-truth start, the same correspondence distance and exactly the
+                     same number of iterations (convergence criteria disabled).
+    global_3dmatch   FPFH + RANSAC global registration on the GeoTransformer 3DMatch demo pair (voxel 5 cm),
+                     repeated with several seeds: success rate (< 5 deg and < 10 cm vs gt.npy) and time.
+    batch_synthetic  B synthetic blob pairs with known transforms: one batched torch3dv call vs a loop of Open3D
+                     point-to-plane ICP calls.
+Errors are rotation (deg) / translation (mm) vs ground truth. Open3D is a benchmark-only dependency
+(pip install open3d==0.20.0); torch3dv never imports it.
+
+Usage:
+    OMP_NUM_THREADS=1 python benchmarks/registration.py            # all workloads (threads as in env)
+    python benchmarks/registration.py --workloads icp_bunny --iterations 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_table, write_json  # noqa: E402
+
+from torch3dv.geometry import axis_angle_to_matrix, quat_xyzw_to_matrix  # noqa: E402
+from torch3dv.io import read_ply  # noqa: E402
+from torch3dv.registration import (  # noqa: E402
+    ICPOptions, RegistrationOptions, blob_pair, estimate_normals, global_registration, icp, to_homogeneous)
+
+DATA = Path(os.environ.get("TORCH3DV_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def rot_err_deg(R, R_gt) -> float:
+    c = (np.trace(np.asarray(R).T @ np.asarray(R_gt)) - 1) / 2
+    return float(np.degrees(np.arccos(np.clip(c, -1, 1))))
+
+
+def best_of(fn, reps=3):
+    out, ts = None, []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = fn()
+        ts.append(time.perf_counter() - t0)
+    return out, min(ts)
+
+
+def _pose(name):
+    for line in (DATA / "stanford_bunny_range_scans/data/bun.conf").read_text().splitlines():
+        tok = line.split()
+        if tok and tok[0] == "bmesh" and tok[1] == name:
+            tx, ty, tz, qx, qy, qz, qw = map(float, tok[2:9])
+            return quat_xyzw_to_matrix(torch.tensor([qx, qy, qz, -qw], dtype=torch.float64)).numpy(), np.array([tx, ty, tz])
+
+
+def icp_bunny(o3d, iterations: int, rows: list):
+    d = DATA / "stanford_bunny_range_scans/data"
+    X = read_ply(d / "bun045.ply").points.double()
+    Y = read_ply(d / "bun000.ply").points.double()
+    R1, t1 = _pose("bun045.ply")  # bun000 has the identity pose
+    T_gt = np.eye(4)
+    T_gt[:3, :3], T_gt[:3, 3] = R1, t1
+    P = np.eye(4)
+    P[:3, :3] = axis_angle_to_matrix(torch.tensor([0.05, -0.04, 0.03], dtype=torch.float64)).numpy()
+    P[:3, 3] = [0.004, -0.003, 0.002]
+    init = P @ T_gt
+    dist = 0.005
+    normals = estimate_normals(Y[None], k=30, radius=0.005)[0]  # shared: both libraries use the same normals
+    s = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(X.numpy()))
+    tg = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(Y.numpy()))
+    tg.normals = o3d.utility.Vector3dVector(normals.numpy())
+    reg = o3d.pipelines.registration
+    for method, est in (("point_to_point", reg.TransformationEstimationPointToPoint()),
+                        ("point_to_plane", reg.TransformationEstimationPointToPlane())):
+        ro, to = best_of(lambda: reg.registration_icp(s, tg, dist, init, est,
+                                                      reg.ICPConvergenceCriteria(0.0, 0.0, iterations)))
+        opts = ICPOptions(method=method, max_correspondence_distance=dist, max_iterations=iterations,
+                          relative_fitness=-1.0, relative_rmse=-1.0)  # never stop early, like Open3D above
+        for dtype in (torch.float64, torch.float32):
+            init_t = torch.from_numpy(init).to(dtype)
+            rt, tt = best_of(lambda: icp(X.to(dtype), Y.to(dtype), init=init_t, target_normals=normals.to(dtype),
+                                         options=opts))
+            rows.append(dict(workload="icp_bunny", method=method, lib=f"torch3dv {str(dtype)[6:]}", time_s=tt,
+                             rot_deg=rot_err_deg(rt.R.double().numpy(), R1),
+                             trans_mm=1000 * float(np.linalg.norm(rt.t.double().numpy() - t1)),
+                             fitness=float(rt.fitness), iterations=int(rt.num_iterations)))
+        E = ro.transformation
+        rows.append(dict(workload="icp_bunny", method=method, lib="open3d", time_s=to,
+                         rot_deg=rot_err_deg(E[:3, :3], R1), trans_mm=1000 * float(np.linalg.norm(E[:3, 3] - t1)),
+                         fitness=float(ro.fitness), iterations=iterations))
+
+
+def global_3dmatch(o3d, seeds: int, rows: list):
+    d = DATA / "geotransformer_3dmatch_demo_pair/demo"
+    S, T, G = (np.load(d / f) for f in ("src.npy", "ref.npy", "gt.npy"))
+    v = 0.05
+    reg = o3d.pipelines.registration
+
+    def o3d_run(seed):
+        o3d.utility.random.seed(seed)
+        s = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(S)).voxel_down_sample(v)
+        t = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(T)).voxel_down_sample(v)
+        for p in (s, t):
+            p.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=2 * v, max_nn=30))
+        fs = reg.compute_fpfh_feature(s, o3d.geometry.KDTreeSearchParamHybrid(radius=5 * v, max_nn=100))
+        ft = reg.compute_fpfh_feature(t, o3d.geometry.KDTreeSearchParamHybrid(radius=5 * v, max_nn=100))
+        return reg.registration_ransac_based_on_feature_matching(
+            s, t, fs, ft, True, 1.5 * v, reg.TransformationEstimationPointToPoint(False), 3,
+            [reg.CorrespondenceCheckerBasedOnEdgeLength(0.9), reg.CorrespondenceCheckerBasedOnDistance(1.5 * v)],
+            reg.RANSACConvergenceCriteria(100000, 0.999)).transformation
+
+    St, Tt = torch.from_numpy(S).float(), torch.from_numpy(T).float()
+    for lib in ("torch3dv", "open3d"):
+        ok, rerr, terr, times = 0, [], [], []
+        for seed in range(seeds):
+            t0 = time.perf_counter()
+            if lib == "open3d":
+                E = o3d_run(seed)
+            else:
+                from dataclasses import replace
+                o = RegistrationOptions(voxel_size=v)
+                o = replace(o, ransac=replace(o.ransac, seed=seed))
+                E = global_registration(St, Tt, options=o).transform.double().numpy()
+            times.append(time.perf_counter() - t0)
+            re, te = rot_err_deg(E[:3, :3], G[:3, :3]), float(np.linalg.norm(E[:3, 3] - G[:3, 3]))
+            rerr.append(re)
+            terr.append(te * 1000)
+            ok += (re < 5) and (te < 0.10)
+        rows.append(dict(workload="global_3dmatch", method="fpfh+ransac", lib=lib, time_s=float(np.median(times)),
+                         rot_deg=float(np.median(rerr)), trans_mm=float(np.median(terr)), success=ok / seeds))
+
+
+def batch_synthetic(o3d, batch: int, rows: list):
+    sc = blob_pair(batch=batch, num_points=5000, max_angle=math.radians(15), max_translation=0.05,
+                   same_samples=False, noise=0.001, seed=0)
+    opts = ICPOptions(method="point_to_plane", max_correspondence_distance=0.05, max_iterations=30)
+    rt, tt = best_of(lambda: icp(sc.source, sc.target, options=opts), reps=2)
+    reg = o3d.pipelines.registration
+
+    def loop():
+        out = []
+        for i in range(batch):
+            s = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(sc.source[i].numpy()))
+            t = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(sc.target[i].numpy()))
+            t.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(20))
+            out.append(reg.registration_icp(s, t, 0.05, np.eye(4), reg.TransformationEstimationPointToPlane(),
+                                            reg.ICPConvergenceCriteria(1e-6, 1e-6, 30)).transformation)
+        return np.stack(out)
+
+    Eo, to = best_of(loop, reps=2)
+    for lib, R, t, tm in (("torch3dv", rt.R.numpy(), rt.t.numpy(), tt), ("open3d", Eo[:, :3, :3], Eo[:, :3, 3], to)):
+        re = [rot_err_deg(R[i], sc.R[i].numpy()) for i in range(batch)]
+        te = [1000 * float(np.linalg.norm(t[i] - sc.t[i].numpy())) for i in range(batch)]
+        rows.append(dict(workload=f"batch_synthetic B={batch}", method="point_to_plane", lib=lib, time_s=tm,
+                         rot_deg=float(np.max(re)), trans_mm=float(np.max(te))))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", nargs="+", default=["icp_bunny", "global_3dmatch", "batch_synthetic"])
+    ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    try:
+        import open3d as o3d
+    except ImportError as e:
+        raise SystemExit(f"this benchmark needs Open3D (pip install open3d==0.20.0): {e}")
+    rows: list[dict] = []
+    if "icp_bunny" in args.workloads:
+        icp_bunny(o3d, args.iterations, rows)
+    if "global_3dmatch" in args.workloads:
+        global_3dmatch(o3d, args.seeds, rows)
+    if "batch_synthetic" in args.workloads:
+        batch_synthetic(o3d, args.batch, rows)
+    print_table(rows, ["workload", "method", "lib", "time_s", "rot_deg", "trans_mm", "fitness", "iterations",
+                       "success"])
+    path = write_json("registration", {"rows": rows, "open3d": o3d.__version__,
+                                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}, args.out)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

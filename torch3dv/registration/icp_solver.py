@@ -1,0 +1,426 @@
+"""Iterative closest point (ICP): point-to-point, point-to-plane and generalized ICP, batched over pairs.
+
+The result is ``target_from_source = (R, t)``: ``Y ~ R X + t`` for source points X and target points Y
+(README, "Conventions"). Every pair of a batch is solved at once: each iteration matches all pairs (exact
+nearest neighbours within ``max_correspondence_distance``, :mod:`torch3dv.registration.neighbors`), then
+solves all pairs' small systems together; a pair that has converged stops moving while the others go on
+(there is no Python loop over pairs).
+
+Methods (one linearised step per iteration, ``T <- exp(xi) T`` with ``xi = (omega, v)``):
+
+* ``"point_to_point"``: closed-form weighted Kabsch on the current matches (Besl & McKay 1992).
+* ``"point_to_plane"``: residual ``n_y . (R x + t - y)`` with target normals; one Gauss-Newton step on the
+  6x6 normal equations (Chen & Medioni 1992).
+* ``"gicp"``: plane-to-plane (Segal et al. 2009): residual ``d = y - (R x + t)`` weighted by
+  ``(C_y + R C_x R^T)^-1`` where C are neighbourhood covariances whose eigenvalues are replaced by
+  ``(epsilon, 1, 1)``; one Gauss-Newton step on the 6x6 system.
+
+Robust kernels (``loss``): ``"huber"``, ``"cauchy"`` (from :mod:`torch3dv.optim.losses`) and ``"tukey"``,
+applied as IRLS weights to the residual length in metres (point-to-plane distance for ``point_to_plane``,
+Euclidean distance otherwise), with threshold ``loss_scale``.
+
+Convergence follows Open3D's ``ICPConvergenceCriteria``: a pair stops when both the change of fitness and the
+change of inlier RMSE (metres) between two iterations are below ``relative_fitness`` and ``relative_rmse``
+(absolute changes, as in Open3D), or after ``max_iterations``.
+
+Multi-scale: with ``voxel_sizes = (v_1, ..., v_S)`` (coarse to fine; 0 = full resolution) both clouds are
+voxel-downsampled at each scale and ICP runs with the matching entry of ``max_correspondence_distance`` and
+``max_iterations`` (tuples of the same length, or one value for all scales).
+
+Gradients: the iterations run without gradient. At the end, with the final correspondences and IRLS weights
+fixed, one more step is taken *with* gradient from the detached solution: the closed-form weighted Kabsch
+for point-to-point, one Gauss-Newton step for point-to-plane and GICP. At a converged fixed point this step
+is zero and its derivative is the implicit-function-theorem derivative of the fixed point with respect to the
+source points, the target points and caller-supplied target normals (README, "Gradients"). For point-to-point
+the final Kabsch is the exact fixed point, so the derivative is exact; for point-to-plane and GICP the step
+uses the Gauss-Newton matrix instead of the exact Hessian, which is exact where the residuals vanish at the
+optimum and an approximation (error proportional to the residuals) otherwise. Normals and covariances
+estimated inside are constants (no gradient); matching is a discrete choice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from torch3dv._checks import check_float, check_tensor
+from torch3dv.geometry.rotations import axis_angle_to_matrix
+from torch3dv.optim.losses import get_loss
+from torch3dv.registration.neighbors import NeighborIndex
+from torch3dv.registration.normals import estimate_normals, local_covariances
+from torch3dv.registration.pointcloud import clean_points, voxel_downsample
+from torch3dv.solvers.rigid import kabsch
+
+ICP_METHODS = ("point_to_point", "point_to_plane", "gicp")
+ICP_LOSSES = ("trivial", "huber", "cauchy", "tukey")
+
+
+@dataclass(frozen=True)
+class ICPOptions:
+    """Options of :func:`icp`.
+
+    Attributes:
+        method: ``"point_to_point"``, ``"point_to_plane"`` or ``"gicp"``.
+        max_correspondence_distance: matches farther than this (metres) are ignored; one value or one per
+            scale of ``voxel_sizes``.
+        max_iterations: iterations per scale (one value or one per scale).
+        relative_fitness: stop when the fitness changes by less than this (and the RMSE too).
+        relative_rmse: stop when the inlier RMSE changes by less than this many metres (and the fitness too).
+        voxel_sizes: coarse-to-fine voxel sizes (metres) for multi-scale ICP; ``()`` = one scale at full
+            resolution; an entry 0 means full resolution.
+        loss: robust kernel, ``"trivial"``, ``"huber"``, ``"cauchy"`` or ``"tukey"``.
+        loss_scale: kernel threshold in metres (default: a third of the correspondence distance).
+        num_neighbors: neighbours for normals (point-to-plane) and covariances (GICP).
+        gicp_epsilon: smallest relative eigenvalue of the GICP covariances.
+        min_correspondences: fewer matches than this marks the pair failed (default 3 for point-to-point,
+            6 otherwise).
+        neighbor_method: ``"auto"``, ``"grid"`` or ``"brute"`` (see :mod:`torch3dv.registration.neighbors`).
+    """
+
+    method: str = "point_to_plane"
+    max_correspondence_distance: float | tuple[float, ...] = 0.05
+    max_iterations: int | tuple[int, ...] = 30
+    relative_fitness: float = 1e-6
+    relative_rmse: float = 1e-6
+    voxel_sizes: tuple[float, ...] = ()
+    loss: str = "trivial"
+    loss_scale: float | None = None
+    num_neighbors: int = 20
+    gicp_epsilon: float = 1e-3
+    min_correspondences: int | None = None
+    neighbor_method: str = "auto"
+
+    def __post_init__(self):
+        if self.method not in ICP_METHODS:
+            raise ValueError(f"method must be one of {ICP_METHODS}, got {self.method!r}")
+        if self.loss not in ICP_LOSSES:
+            raise ValueError(f"loss must be one of {ICP_LOSSES}, got {self.loss!r}")
+        S = max(1, len(self.voxel_sizes))
+        for name in ("max_correspondence_distance", "max_iterations"):
+            v = getattr(self, name)
+            if isinstance(v, (tuple, list)) and len(v) != S:
+                raise ValueError(f"{name} has {len(v)} entries but there are {S} scales")
+        for d in self.distances():
+            if not (d > 0 and math.isfinite(d)):
+                raise ValueError(f"max_correspondence_distance must be positive and finite, got {d}")
+        if any(i < 0 for i in self.iterations()):
+            raise ValueError("max_iterations must be >= 0")
+        if any(v < 0 for v in self.voxel_sizes):
+            raise ValueError("voxel_sizes must be >= 0")
+        if self.loss_scale is not None and not self.loss_scale > 0:
+            raise ValueError("loss_scale must be positive")
+
+    def scales(self) -> int:
+        return max(1, len(self.voxel_sizes))
+
+    def distances(self) -> tuple[float, ...]:
+        d = self.max_correspondence_distance
+        return tuple(float(x) for x in d) if isinstance(d, (tuple, list)) else (float(d),) * self.scales()
+
+    def iterations(self) -> tuple[int, ...]:
+        i = self.max_iterations
+        return tuple(int(x) for x in i) if isinstance(i, (tuple, list)) else (int(i),) * self.scales()
+
+
+class ICPResult(NamedTuple):
+    """``target_from_source`` from :func:`icp` (``Y ~ R X + t``).
+
+    Attributes:
+        R: (*B, 3, 3) rotation.
+        t: (*B, 3) translation, metres.
+        transform: (*B, 4, 4) homogeneous matrix ``[[R, t], [0, 1]]``.
+        fitness: (*B,) fraction of (valid) source points with a target point within the correspondence
+            distance, at the final pose and finest scale.
+        inlier_rmse: (*B,) RMSE of those correspondences, metres.
+        num_iterations: (*B,) iterations taken, summed over scales.
+        converged: (*B,) bool, True where the convergence criteria stopped the finest scale.
+        success: (*B,) bool, False for invalid inputs (NaN, too few points or matches) or degenerate
+            geometry (then R = I, t = 0 unless an ``init`` was given, in which case it is returned).
+    """
+
+    R: Tensor
+    t: Tensor
+    transform: Tensor
+    fitness: Tensor
+    inlier_rmse: Tensor
+    num_iterations: Tensor
+    converged: Tensor
+    success: Tensor
+
+
+def to_homogeneous(R: Tensor, t: Tensor) -> Tensor:
+    """(*B, 3, 3), (*B, 3) -> (*B, 4, 4)."""
+    top = torch.cat([R, t[..., None]], -1)
+    bottom = torch.zeros(*R.shape[:-2], 1, 4, dtype=R.dtype, device=R.device)
+    bottom[..., 0, 3] = 1
+    return torch.cat([top, bottom], -2)
+
+
+def _skew(v: Tensor) -> Tensor:
+    z = torch.zeros_like(v[..., 0])
+    return torch.stack([z, -v[..., 2], v[..., 1], v[..., 2], z, -v[..., 0], -v[..., 1], v[..., 0], z],
+                       -1).reshape(*v.shape, 3)
+
+
+def robust_weights(s: Tensor, loss: str, scale: float) -> Tensor:
+    """IRLS weights for squared residual lengths ``s`` (metres^2)."""
+    if loss == "trivial":
+        return torch.ones_like(s)
+    if loss == "tukey":
+        c2 = scale * scale
+        return torch.where(s < c2, (1.0 - s / c2) ** 2, torch.zeros_like(s))
+    return get_loss(loss, scale)(s)[1]
+
+
+def _solve6(H: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """xi = -H^-1 g for (B, 6, 6) systems; ok False where H is (numerically) rank deficient."""
+    eps = torch.finfo(H.dtype).eps
+    ev = torch.linalg.eigvalsh(H.detach())
+    ok = torch.isfinite(ev).all(-1) & (ev[..., 0] > 1e3 * eps * ev[..., -1].abs()) & (ev[..., -1] > 0)
+    eye = torch.eye(6, dtype=H.dtype, device=H.device)
+    Hs = torch.where(ok[..., None, None], H, eye)
+    xi = -torch.linalg.solve(Hs, torch.where(ok[..., None], g, torch.zeros_like(g)))
+    return torch.where(ok[..., None], xi, torch.zeros_like(xi)), ok
+
+
+class _Problem(NamedTuple):
+    src: Tensor  # (B, N, 3)
+    smask: Tensor
+    tgt: Tensor  # (B, M, 3)
+    tmask: Tensor
+    normals: Tensor | None  # (B, M, 3) target normals
+    cov_s: Tensor | None  # (B, N, 3, 3) regularised source covariances
+    cov_t: Tensor | None
+
+
+def _gicp_cov(points: Tensor, mask: Tensor, k: int, eps: float, index: NeighborIndex) -> Tensor:
+    lc = local_covariances(points, mask, k, index=index)
+    lam = torch.tensor([eps, 1.0, 1.0], dtype=points.dtype, device=points.device)
+    V = lc.eigenvectors
+    C = (V * lam) @ V.transpose(-1, -2)
+    eye = torch.eye(3, dtype=points.dtype, device=points.device)
+    return torch.where(lc.valid[..., None, None], C, eye)
+
+
+def _step(p: _Problem, R: Tensor, t: Tensor, idx: Tensor, w: Tensor, method: str,
+          src: Tensor | None = None, tgt: Tensor | None = None, normals: Tensor | None = None):
+    """One update from pose (R, t) with fixed matches ``idx`` (B, N) and weights ``w`` (B, N).
+
+    Returns new (R, t, ok). ``src``/``tgt``/``normals`` override the stored tensors (to carry gradients).
+    """
+    src = p.src if src is None else src
+    tgt = p.tgt if tgt is None else tgt
+    B, N = idx.shape
+    Y = torch.gather(tgt, 1, idx[..., None].expand(-1, -1, 3))
+    if method == "point_to_point":
+        r = kabsch(src, Y, weights=w)
+        return r.R, r.t, r.success
+    Xt = src @ R.transpose(-1, -2) + t[:, None]
+    if method == "point_to_plane":
+        nrm = p.normals if normals is None else normals
+        n = torch.gather(nrm, 1, idx[..., None].expand(-1, -1, 3))
+        res = ((Xt - Y) * n).sum(-1)  # (B, N)
+        J = torch.cat([torch.cross(Xt, n, dim=-1), n], -1)  # (B, N, 6)
+        Jw = J * w[..., None]
+        H = Jw.transpose(1, 2) @ J
+        g = (Jw * res[..., None]).sum(1)
+    else:  # gicp
+        Cs = R[:, None] @ p.cov_s @ R[:, None].transpose(-1, -2)
+        Ct = torch.gather(p.cov_t, 1, idx[..., None, None].expand(-1, -1, 3, 3))
+        M = torch.linalg.inv(Cs + Ct).detach() * w[..., None, None]
+        d = Y - Xt
+        J = torch.cat([_skew(Xt), -torch.eye(3, dtype=Xt.dtype, device=Xt.device).expand(B, N, 3, 3)], -1)
+        MJ = M @ J  # (B, N, 3, 6)
+        H = torch.einsum("bnai,bnaj->bij", J, MJ)
+        g = torch.einsum("bnai,bna->bi", MJ, d)
+    xi, ok = _solve6(H, g)
+    Rd = axis_angle_to_matrix(xi[:, :3])
+    return Rd @ R, (Rd @ t[..., None])[..., 0] + xi[:, 3:], ok
+
+
+def _icp_scale(p: _Problem, R: Tensor, t: Tensor, alive: Tensor, dist: float, iters: int, opts: ICPOptions,
+               scale: float):
+    """Runs one scale without gradient. Returns R, t, iterations (B,), converged (B,), ok (B,)."""
+    index = NeighborIndex(p.tgt, p.tmask, method=opts.neighbor_method)
+    B, N = p.src.shape[:2]
+    nsrc = p.smask.sum(-1).clamp_min(1).to(p.src.dtype)
+    active = alive.clone()
+    converged = torch.zeros_like(alive)
+    ok = alive.clone()
+    its = torch.zeros(B, dtype=torch.long, device=p.src.device)
+    prev_fit = prev_rmse = None
+    hint = None
+    min_corr = opts.min_correspondences or (3 if opts.method == "point_to_point" else 6)
+    for it in range(iters + 1):
+        Xt = p.src @ R.transpose(-1, -2) + t[:, None]
+        nb = index.knn(Xt, 1, p.smask, max_distance=dist, hint=hint)
+        idx, d, valid = nb.indices[..., 0], nb.distances[..., 0], nb.valid[..., 0]
+        hint = idx
+        d2 = torch.where(valid, d * d, torch.zeros_like(d))
+        cnt = valid.sum(-1)
+        fit = cnt.to(p.src.dtype) / nsrc
+        rmse = torch.sqrt(d2.sum(-1) / cnt.clamp_min(1).to(d.dtype))
+        if prev_fit is not None:
+            conv = ((fit - prev_fit).abs() < opts.relative_fitness) & ((rmse - prev_rmse).abs() < opts.relative_rmse)
+            converged = converged | (active & conv)
+            active = active & ~conv
+        prev_fit, prev_rmse = fit, rmse
+        if it == iters or not bool(active.any()):
+            break
+        if opts.method == "point_to_plane":
+            n = torch.gather(p.normals, 1, idx[..., None].expand(-1, -1, 3))
+            s = ((Xt - torch.gather(p.tgt, 1, idx[..., None].expand(-1, -1, 3))) * n).sum(-1) ** 2
+        else:
+            s = d2
+        w = valid.to(p.src.dtype) * robust_weights(s, opts.loss, scale)
+        enough = cnt >= min_corr
+        R1, t1, step_ok = _step(p, R, t, idx, w, opts.method)
+        good = active & enough & step_ok & torch.isfinite(R1).all((-1, -2)) & torch.isfinite(t1).all(-1)
+        ok = ok & ~(active & ~good)
+        active = active & good
+        R = torch.where(active[:, None, None], R1, R)
+        t = torch.where(active[:, None], t1, t)
+        its = its + active.long()
+    return R, t, its, converged, ok
+
+
+def icp(
+    source: Tensor,
+    target: Tensor,
+    init: Tensor | None = None,
+    source_mask: Tensor | None = None,
+    target_mask: Tensor | None = None,
+    target_normals: Tensor | None = None,
+    options: ICPOptions | None = None,
+) -> ICPResult:
+    """Refines ``target_from_source`` by ICP, batched over pairs of clouds.
+
+    Args:
+        source: (*B, N, 3) source points, metres, source frame.
+        target: (*B, M, 3) target points, metres, target frame.
+        init: optional (*B, 4, 4) initial ``target_from_source`` (default identity).
+        source_mask: optional (*B, N) bool (False = padding, may hold NaN).
+        target_mask: optional (*B, M) bool.
+        target_normals: optional (*B, M, 3) unit target normals for ``point_to_plane`` (estimated from
+            ``num_neighbors`` neighbours otherwise); used at full-resolution scales and differentiable.
+        options: :class:`ICPOptions`.
+
+    Returns:
+        :class:`ICPResult`; differentiable w.r.t. ``source``, ``target`` and ``target_normals`` (module docstring).
+
+    Raises:
+        ValueError: wrong shapes, dtypes, devices or mismatched batch shapes.
+    """
+    opts = options or ICPOptions()
+    cs = clean_points(source, source_mask, "source")
+    ct = clean_points(target, target_mask, "target")
+    if source.shape[:-2] != target.shape[:-2]:
+        raise ValueError(f"source (*B, N, 3) and target (*B, M, 3) must share *B, got {tuple(source.shape)} "
+                         f"and {tuple(target.shape)}")
+    if source.dtype != target.dtype or source.device != target.device:
+        raise ValueError("source and target must share dtype and device")
+    lead = source.shape[:-2]
+    dtype, dev = source.dtype, source.device
+    N, M = source.shape[-2], target.shape[-2]
+    src, smask = cs.points.reshape(-1, N, 3), cs.mask.reshape(-1, N)
+    tgt, tmask = ct.points.reshape(-1, M, 3), ct.mask.reshape(-1, M)
+    B = src.shape[0]
+    finite = (cs.finite & ct.finite).reshape(-1)
+    normals_in = None
+    if target_normals is not None:
+        check_float(target_normals, "target_normals")
+        if target_normals.shape != target.shape:
+            raise ValueError(f"target_normals must have the shape of target {tuple(target.shape)}, "
+                             f"got {tuple(target_normals.shape)}")
+        normals_in = torch.where(tmask[..., None], target_normals.reshape(-1, M, 3),
+                                 torch.zeros((), dtype=dtype, device=dev))
+        finite = finite & torch.isfinite(normals_in).all(-1).all(-1)
+    eye = torch.eye(3, dtype=dtype, device=dev).expand(B, 3, 3)
+    if init is not None:
+        check_tensor(init, "init")
+        check_float(init, "init")
+        if init.shape != (*lead, 4, 4):
+            raise ValueError(f"init must have shape (*B, 4, 4) = {(*lead, 4, 4)}, got {tuple(init.shape)}")
+        T0 = init.detach().reshape(B, 4, 4).to(dtype)
+        finite = finite & torch.isfinite(T0).all(-1).all(-1)
+        R0 = torch.where(finite[:, None, None], T0[:, :3, :3], eye)
+        t0 = torch.where(finite[:, None], T0[:, :3, 3], torch.zeros(B, 3, dtype=dtype, device=dev))
+    else:
+        R0, t0 = eye.clone(), torch.zeros(B, 3, dtype=dtype, device=dev)
+    alive = finite & (smask.sum(-1) > 0) & (tmask.sum(-1) > 0)
+    dists, iters = opts.distances(), opts.iterations()
+    voxels = opts.voxel_sizes or (0.0,)
+    R, t = R0.detach(), t0.detach()
+    total_its = torch.zeros(B, dtype=torch.long, device=dev)
+    ok = alive.clone()
+    converged = torch.zeros_like(alive)
+    with torch.no_grad():
+        for si, (vox, dist, nit) in enumerate(zip(voxels, dists, iters)):
+            p = _make_problem(src.detach(), smask, tgt.detach(), tmask,
+                              None if normals_in is None else normals_in.detach(), vox, opts)
+            scale = opts.loss_scale or dist / 3.0
+            R, t, its, converged, ok_s = _icp_scale(p, R, t, ok, dist, nit, opts, scale)
+            ok = ok & ok_s
+            total_its = total_its + its
+    # final, differentiable step at full resolution with the final matches fixed
+    p = _make_problem(src, smask, tgt, tmask, normals_in, 0.0, opts, detach_aux=True)
+    dist = dists[-1]
+    scale = opts.loss_scale or dist / 3.0
+    with torch.no_grad():
+        index = NeighborIndex(tgt.detach(), tmask, method=opts.neighbor_method)
+        Xt = src.detach() @ R.transpose(-1, -2) + t[:, None]
+        nb = index.knn(Xt, 1, smask, max_distance=dist)
+        idx, d, valid = nb.indices[..., 0], nb.distances[..., 0], nb.valid[..., 0]
+        if opts.method == "point_to_plane":
+            n = torch.gather(p.normals.detach(), 1, idx[..., None].expand(-1, -1, 3))
+            s = ((Xt - torch.gather(tgt.detach(), 1, idx[..., None].expand(-1, -1, 3))) * n).sum(-1) ** 2
+        else:
+            s = d * d
+        s = torch.where(valid, s, torch.zeros_like(s))
+        w = valid.to(dtype) * robust_weights(s, opts.loss, scale)
+    min_corr = opts.min_correspondences or (3 if opts.method == "point_to_point" else 6)
+    Rf, tf, step_ok = _step(p, R, t, idx, w, opts.method, src=src, tgt=tgt, normals=p.normals)
+    cnt = valid.sum(-1)
+    ok = ok & step_ok & (cnt >= min_corr) & torch.isfinite(Rf).all((-1, -2)) & torch.isfinite(tf).all(-1)
+    R_out = torch.where(ok[:, None, None], Rf, R0)
+    t_out = torch.where(ok[:, None], tf, t0)
+    with torch.no_grad():
+        Y = torch.gather(tgt.detach(), 1, idx[..., None].expand(-1, -1, 3))
+        r2 = ((src.detach() @ R_out.detach().transpose(-1, -2) + t_out.detach()[:, None] - Y) ** 2).sum(-1)
+        r2 = torch.where(valid, r2, torch.zeros_like(r2))
+        fitness = cnt.to(dtype) / smask.sum(-1).clamp_min(1).to(dtype)
+        rmse = torch.sqrt(r2.sum(-1) / cnt.clamp_min(1).to(dtype))
+        fitness = torch.where(alive, fitness, torch.zeros_like(fitness))
+        rmse = torch.where(alive, rmse, torch.zeros_like(rmse))
+    T = to_homogeneous(R_out, t_out)
+    return ICPResult(
+        R_out.reshape(*lead, 3, 3), t_out.reshape(*lead, 3), T.reshape(*lead, 4, 4), fitness.reshape(lead),
+        rmse.reshape(lead), total_its.reshape(lead), (converged & ok).reshape(lead), ok.reshape(lead))
+
+
+def _make_problem(src: Tensor, smask: Tensor, tgt: Tensor, tmask: Tensor, normals: Tensor | None, voxel: float,
+                  opts: ICPOptions, detach_aux: bool = False) -> _Problem:
+    """Downsamples (voxel > 0) and attaches normals / covariances for the chosen method."""
+    if voxel > 0:
+        s = voxel_downsample(src, voxel, smask)
+        tg = voxel_downsample(tgt, voxel, tmask)
+        src, smask, tgt, tmask = s.points, s.mask, tg.points, tg.mask
+        normals = None
+    nrm = cov_s = cov_t = None
+    if opts.method in ("point_to_plane", "gicp"):
+        with torch.no_grad():
+            tindex = NeighborIndex(tgt.detach(), tmask, method=opts.neighbor_method)
+            if opts.method == "point_to_plane":
+                if normals is None:
+                    nrm = estimate_normals(tgt.detach(), tmask, opts.num_neighbors, index=tindex)
+            else:
+                sindex = NeighborIndex(src.detach(), smask, method=opts.neighbor_method)
+                cov_s = _gicp_cov(src.detach(), smask, opts.num_neighbors, opts.gicp_epsilon, sindex)
+                cov_t = _gicp_cov(tgt.detach(), tmask, opts.num_neighbors, opts.gicp_epsilon, tindex)
+        if nrm is None:
+            nrm = normals
+    return _Problem(src, smask, tgt, tmask, nrm, cov_s, cov_t)

@@ -27,6 +27,7 @@ from torch3dv.ransac import (
     estimate_rigid,
 )
 from torch3dv.solvers.essential import project_to_essential, recover_pose
+from torch3dv.solvers.homography_decompose import pose_from_homography
 from torch3dv.solvers.triangulation import triangulate_two_view
 
 METHODS = ("essential", "fundamental", "homography")
@@ -129,10 +130,12 @@ def relative_pose_from_matches(
 
     ``"essential"``: 5-point RANSAC (:func:`torch3dv.estimate_relative_pose`). ``"fundamental"``: 7-point RANSAC
     for F, then E = K1^T F K0 projected to an essential matrix and the pose by cheirality on F's inliers.
-    ``"homography"``: 4-point RANSAC for H; the pose is the essential-matrix pose on H's inliers (5-point
-    RANSAC is not degenerate for a plane; no homography decomposition is used). A plane seen by two calibrated
-    views has two poses that explain it equally well, so on a planar scene this pose may be the twin of the
-    true one; H itself is unambiguous.
+    ``"homography"``: 4-point RANSAC for H, then :func:`torch3dv.solvers.pose_from_homography` (decomposition of
+    H, cheirality of H's inliers, ties between the plane's two solutions broken by the epipolar error of all
+    matches). A plane seen by two calibrated views can have two poses that explain it equally well (when the
+    motion is mostly towards the plane); with no match off the plane the returned pose may then be the twin of
+    the true one (call ``pose_from_homography`` directly for its ``ambiguous`` flag and the other solution); H
+    itself is unambiguous.
 
     Args:
         matches: (B, M) padded matches.
@@ -164,8 +167,10 @@ def relative_pose_from_matches(
         R, t, inl, ok, model = pose.R, pose.t, fe.inliers, fe.success & pose.success, fe.F
     else:
         he = estimate_homography(x0, x1, threshold=threshold, mask=mask, options=options)
-        est = estimate_relative_pose(x0, x1, K0, K1, threshold=threshold, mask=he.inliers, options=options)
-        R, t, inl, ok, model = est.R, est.t, he.inliers, he.success & est.success, he.H
+        thr = threshold if threshold is not None else (options.threshold if options is not None else 2.0)
+        # all matches: H's inliers (transfer error < thr) decide cheirality, the others can break the twin tie
+        pose = pose_from_homography(he.H, x0, x1, K0, K1, mask=mask, threshold=thr)
+        R, t, inl, ok, model = pose.R, pose.t, he.inliers, he.success & pose.success, he.H
     eye = torch.eye(3, dtype=x0.dtype, device=x0.device).expand_as(R)
     P0 = projection_matrix(K0, eye, torch.zeros_like(t))
     P1 = projection_matrix(K1, R, t)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from torch3dv.linalg.skew import skew
-from torch3dv.ransac.estimator import RansacOptions, ransac
+from torch3dv.ransac.estimator import RansacOptions, ransac, required_iterations
 from torch3dv.ransac.models import FundamentalModel, HomographyModel
 from torch3dv.ransac.residuals import sampson_sq
 from torch3dv.ransac.scoring import inlier_mask, inlier_weights, score_residuals
@@ -134,7 +134,11 @@ def plane_and_parallax(
     model = FundamentalModel()
     with torch.no_grad():
         n_f = inliers.sum(-1)
-        h_opts = replace(options, threshold=2.0 * options.threshold, final_refine=False)
+        # a dominant plane holds >= plane_ratio of the inliers: enough 4-point samples to find one with the
+        # requested confidence (a few hundred), not the budget for finding a small plane
+        h_iters = int(required_iterations(torch.tensor(plane_ratio), 4, options.confidence).ceil().clamp_min(8))
+        h_opts = replace(options, threshold=2.0 * options.threshold, final_refine=False,
+                         min_iterations=min(options.min_iterations, h_iters), max_iterations=h_iters)
         hres = ransac(HomographyModel(), (x1, x2), (), valid & inliers, h_opts, seeds=seeds)
         off = valid & ~hres.inliers
         dominant = hres.success & (hres.inliers.sum(-1) >= plane_ratio * n_f) & (n_f >= 8) & (off.sum(-1) >= 2)

@@ -25,6 +25,12 @@ from torch3dv.solvers.fundamental import (
     symmetric_epipolar_distance,
 )
 from torch3dv.solvers.homography import HomographyResult, homography_4point, homography_dlt, transfer_error
+from torch3dv.solvers.homography_decompose import (
+    HomographyDecomposition,
+    HomographyPose,
+    decompose_homography,
+    pose_from_homography,
+)
 from torch3dv.solvers.pnp import AbsolutePose, PnPSolutions, epnp, p3p, pnp_dlt, refine_pnp
 from torch3dv.solvers.rigid import RigidResult, kabsch, rigid_residuals, umeyama
 from torch3dv.solvers.triangulation import (
@@ -44,6 +50,8 @@ __all__ = [
     "FocalResult",
     "FundamentalResult",
     "FundamentalSolutions",
+    "HomographyDecomposition",
+    "HomographyPose",
     "HomographyResult",
     "PnPSolutions",
     "RelativePose",
@@ -52,6 +60,7 @@ __all__ = [
     "Triangulation",
     "cheirality",
     "decompose_essential",
+    "decompose_homography",
     "epnp",
     "essential_5point",
     "essential_8point",
@@ -64,6 +73,7 @@ __all__ = [
     "kabsch",
     "p3p",
     "pnp_dlt",
+    "pose_from_homography",
     "project_to_essential",
     "recover_pose",
     "refine_pnp",

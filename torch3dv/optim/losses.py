@@ -17,8 +17,11 @@ Losses:
     * ``"huber"``: rho(s) = s for s <= c^2, else 2 c sqrt(s) - c^2; rho' = min(1, c / sqrt(s)).
     * ``"soft_l1"``: rho(s) = 2 c^2 (sqrt(1 + s / c^2) - 1); rho' = 1 / sqrt(1 + s / c^2).
     * ``"cauchy"``: rho(s) = c^2 log(1 + s / c^2); rho' = 1 / (1 + s / c^2).
+    * ``"truncated"``: rho(s) = min(s, c^2); rho' = 1 for s < c^2, else 0 (the MSAC cost: least squares on
+      the points within the threshold, the inlier set re-decided at every evaluation).
 
-All are differentiable in ``s`` (Huber is C1), so they can be used with implicit differentiation.
+All but ``"truncated"`` are differentiable in ``s`` (Huber is C1), so they can be used with implicit
+differentiation; with ``"truncated"`` the implicit gradient is that of least squares on the final inliers.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from torch import Tensor
 
 LossFn = Callable[[Tensor], "tuple[Tensor, Tensor]"]
 
-LOSSES = ("trivial", "huber", "soft_l1", "cauchy")
+LOSSES = ("trivial", "huber", "soft_l1", "cauchy", "truncated")
 
 
 def trivial_loss(s: Tensor, scale: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -62,14 +65,22 @@ def cauchy_loss(s: Tensor, scale: float = 1.0) -> tuple[Tensor, Tensor]:
     return c2 * torch.log1p(s / c2), 1.0 / (1.0 + s / c2)
 
 
-_BY_NAME = {"trivial": trivial_loss, "huber": huber_loss, "soft_l1": soft_l1_loss, "cauchy": cauchy_loss}
+def truncated_loss(s: Tensor, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Truncated quadratic (MSAC) loss on the squared norm ``s``; returns (rho, rho')."""
+    c2 = scale * scale
+    inside = s < c2
+    return torch.where(inside, s, torch.full_like(s, c2)), inside.to(s.dtype)
+
+
+_BY_NAME = {"trivial": trivial_loss, "huber": huber_loss, "soft_l1": soft_l1_loss, "cauchy": cauchy_loss,
+            "truncated": truncated_loss}
 
 
 def get_loss(loss: str | Callable | None, scale: float = 1.0) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """Resolves a loss given by name (see module docstring) or as a callable.
 
     Args:
-        loss: one of ``"trivial"``, ``"huber"``, ``"soft_l1"``, ``"cauchy"``, ``None`` (= trivial), or a
+        loss: one of ``"trivial"``, ``"huber"``, ``"soft_l1"``, ``"cauchy"``, ``"truncated"``, ``None`` (= trivial), or a
             callable ``f(s) -> (rho(s), rho'(s))`` on squared residual norms.
         scale: threshold in residual units (ignored for callables and ``"trivial"``).
 

@@ -209,8 +209,10 @@ def estimate_relative_pose(
     pose = recover_pose(out.params, x1n, x2n, mask=out.inliers)
     R, t = pose.R, pose.t
     if opts.final_refine:
-        # minimise the Sampson error over the 5-DoF pose on the inliers (implicit gradients)
-        ref = refine_relative_pose(R, t, x1f, x2f, K1f, K2f, weights=out.inliers.to(w.dtype) * w)
+        # minimise the Sampson error over the 5-DoF pose (implicit gradients), with the
+        # truncated (MSAC) loss over all valid points: the inlier set is re-decided as the pose moves
+        ref = refine_relative_pose(R, t, x1f, x2f, K1f, K2f, weights=valid.to(w.dtype) * w,
+                                   loss="truncated", loss_scale=opts.threshold)
         keep = ref.success[:, None]
         R = torch.where(keep[..., None], ref.R, R)
         t = torch.where(keep, ref.t, t)

@@ -12,9 +12,10 @@ eigenvalues, fully batched and without a Python loop over problems:
   infinity" when the leading coefficient vanishes, lies in exactly one chart, and every chart is bounded.
 * Isolation by Sturm counts: the Sturm sequence of each chart polynomial is computed once (coefficients, each
   remainder scaled to unit max-abs), and its sign variations at the points of a coarse grid give the exact number
-  of distinct real roots in every cell (all sequence polynomials are evaluated together by one Horner pass). Cells holding two or more roots (close pairs are common:
-  about a quarter of the 5-point polynomials have a pair closer than 1/16) are split again, up to ``levels``
-  times; cells holding one root become brackets. Where a remainder of the sequence loses a degree (the count
+  of distinct real roots in every cell (all sequence polynomials are evaluated together: one matrix product with the
+  powers of the grid points where the points are shared, one Horner pass otherwise). Cells holding two or more
+  roots (close pairs are common: about a quarter of the 5-point polynomials have a pair closer than 1/16) are
+  split again, up to ``levels`` times; cells holding one root become brackets. Where a remainder of the sequence loses a degree (the count
   cannot be trusted, very rare in float64) every first-level cell is split once and sign changes decide.
 * Each bracketed root is found by a bracketed Newton iteration (Newton step when it stays inside the bracket,
   bisection otherwise), started at the regula-falsi point and iterated until the step is below
@@ -172,6 +173,15 @@ def _sturm_sequence(PT: Tensor) -> tuple[Tensor, Tensor]:
     return Sq, reliable | (big[0] == 0)
 
 
+def _powers(x: Tensor, m: int) -> Tensor:
+    """``x^i``, i = 0..m, of points x (J, 1) as a (J, m + 1) matrix (products, not ``pow``: exact integer
+    powers)."""
+    cols = [torch.ones_like(x), x]
+    for _ in range(2, m + 1):
+        cols.append(cols[-1] * x)
+    return torch.cat(cols[:m + 1], 1)
+
+
 def _sturm_eval(Sq: Tensor, x: Tensor, p: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Values of p and Sturm sign variations at points ``x`` (J, K) (or (J, 1): the same points for all) for the
     columns (K) of the sequences Sq; returns p (J, K) and the variations (J, K).
@@ -179,13 +189,18 @@ def _sturm_eval(Sq: Tensor, x: Tensor, p: Tensor | None = None) -> tuple[Tensor,
     A zero counts as positive (-0.0 as negative), consistently for p and for the count, so that a cell
     ``(x_j, x_(j+1)]`` holds ``var_j - var_(j+1)`` distinct roots and p changes sign over it iff it holds an odd
     number (up to rounding). ``p``: the values of p at ``x`` when already known. All the polynomials of the
-    sequence are evaluated together (zero-padded Horner; points-major layout keeps the long axis innermost).
+    sequence are evaluated together (a product with the powers of shared points, else zero-padded Horner;
+    points-major layout keeps the long axis innermost).
     """
     m = Sq.shape[0] - 1
-    c = Sq.unsqueeze(2).unbind(0)  # per power: (m + 1 polynomials, 1, K)
-    S = torch.addcmul(c[m - 1], c[m], x)
-    for i in range(m - 2, -1, -1):
-        S = torch.addcmul(c[i], S, x, out=S)
+    if x.shape[1] == 1:  # shared points: one matrix product with the powers
+        K = Sq.shape[2]
+        S = (_powers(x, m) @ Sq.reshape(m + 1, -1)).reshape(-1, m + 1, K).transpose(0, 1)
+    else:
+        c = Sq.unsqueeze(2).unbind(0)  # per power: (m + 1 polynomials, 1, K)
+        S = torch.addcmul(c[m - 1], c[m], x)
+        for i in range(m - 2, -1, -1):
+            S = torch.addcmul(c[i], S, x, out=S)
     if p is not None:
         S[0] = p
     neg = torch.signbit(S)
@@ -207,10 +222,9 @@ def _newton_iter(C: tuple[Tensor, ...], x: Tensor, lo: Tensor, hi: Tensor) -> tu
     up = torch.heaviside(v, _ZERO.to(v))  # 1 where g(x) > 0: x becomes the upper end
     hi = torch.lerp(hi, x, up)
     lo = torch.lerp(x, lo, up)
-    # a non-finite Newton point (p' = 0) is moved outside every chart, hence rejected in favour of bisection
-    xn = torch.nan_to_num(torch.addcdiv(x, v, dv, value=-1.0), nan=4.0, posinf=4.0, neginf=4.0)
-    inside = ((xn >= lo) & (xn <= hi)).to(x.dtype)
-    return torch.lerp(torch.lerp(lo, hi, 0.5), xn, inside), lo, hi
+    # a non-finite Newton point (p' = 0) fails the bracket test, hence is replaced by bisection
+    xn = torch.addcdiv(x, v, dv, value=-1.0)
+    return torch.where((xn >= lo) & (xn <= hi), xn, torch.lerp(lo, hi, 0.5)), lo, hi
 
 
 _ZERO = torch.zeros(())
@@ -311,10 +325,13 @@ def _level(PT: Tensor, Sq: Tensor, x: Tensor, G: int, F: int, force: Tensor | No
     """
     m = PT.shape[0] - 1
     K = PT.shape[1]
-    pc = PT.unsqueeze(1).unbind(0)
-    p = torch.addcmul(pc[m - 1], pc[m], x)
-    for i in range(m - 2, -1, -1):
-        p = torch.addcmul(pc[i], p, x, out=p)
+    if x.shape[1] == 1:  # shared points: one matrix product with the powers
+        p = _powers(x, m) @ PT
+    else:
+        pc = PT.unsqueeze(1).unbind(0)
+        p = torch.addcmul(pc[m - 1], pc[m], x)
+        for i in range(m - 2, -1, -1):
+            p = torch.addcmul(pc[i], p, x, out=p)
     neg = torch.signbit(p)
     change = neg[1:] != neg[:-1]  # (G F, K)
     refine = torch.zeros(G, K, dtype=torch.bool, device=PT.device)

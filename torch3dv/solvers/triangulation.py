@@ -75,8 +75,11 @@ def camera_centers_from_projections(P: Tensor) -> tuple[Tensor, Tensor]:
     """
     cols = P.unbind(-1)
 
-    def det3(a, b, c):
-        return (torch.linalg.cross(a, b, dim=-1) * c).sum(-1)
+    def det3(a, b, c):  # written out: cross + sum over a size-3 axis is slow on CPU
+        a0, a1, a2 = a.unbind(-1)
+        b0, b1, b2 = b.unbind(-1)
+        c0, c1, c2 = c.unbind(-1)
+        return a0 * (b1 * c2 - b2 * c1) - a1 * (b0 * c2 - b2 * c0) + a2 * (b0 * c1 - b1 * c0)
 
     c0 = det3(cols[1], cols[2], cols[3])
     c1 = -det3(cols[0], cols[2], cols[3])
@@ -132,8 +135,9 @@ def triangulate_multiview(
         check_same_device_dtype({"weights": weights, "x": x})
         w = w * weights
     used = w != 0
-    P_ok = torch.isfinite(P).flatten(-2).all(-1)  # (*B, V)
-    obs_ok = torch.isfinite(x).all(-1) & torch.isfinite(w) & P_ok[..., None]
+    # finiteness of small rows via one product with ones (an all() over a short last axis is slow on CPU)
+    P_ok = torch.isfinite(P.flatten(-2) @ torch.ones(12, dtype=dtype, device=device))  # (*B, V)
+    obs_ok = torch.isfinite(x @ torch.ones(2, dtype=dtype, device=device)) & torch.isfinite(w) & P_ok[..., None]
     bad_point = (used & ~obs_ok).any(-2)  # (*B, N)
     keep = used & obs_ok
     zero = torch.zeros((), dtype=dtype, device=device)
@@ -145,14 +149,15 @@ def triangulate_multiview(
     # world normalisation from the centres of the cameras this problem uses
     Ch, _ = camera_centers_from_projections(P)
     # Hadamard: |det M| <= product of its row norms; a tiny ratio means a camera (nearly) at infinity
-    hadamard = P[..., :3].norm(dim=-1).prod(-1)
+    one3 = torch.ones(3, dtype=dtype, device=device)
+    hadamard = ((P[..., :3] ** 2) @ one3).sqrt().prod(-1)
     finite_cam = Ch[..., 3].abs() > 1e3 * eps * hadamard
     view_used = keep.any(-1) & finite_cam  # (*B, V)
     C = Ch[..., :3] / torch.where(finite_cam, Ch[..., 3], torch.ones_like(hadamard))[..., None]
     vw = view_used.to(dtype)
     nv = vw.sum(-1).clamp_min(1)
     c = (vw[..., None] * C).sum(-2) / nv[..., None]  # (*B, 3)
-    dist = torch.sqrt(((C - c[..., None, :]) ** 2).sum(-1) + tiny * tiny)
+    dist = torch.sqrt(((C - c[..., None, :]) ** 2) @ one3 + tiny * tiny)
     sigma = (vw * dist).sum(-1) / nv
     sigma = torch.where(sigma > 1e3 * tiny, sigma, torch.ones_like(sigma))
     # P' = P @ [[sigma I, c], [0, 1]]  (X = sigma X' + c)
@@ -165,7 +170,7 @@ def triangulate_multiview(
     r1 = x[..., 0, None] * Pn[..., None, 2, :] - Pn[..., None, 0, :]  # (*B, V, N, 4)
     r2 = x[..., 1, None] * Pn[..., None, 2, :] - Pn[..., None, 1, :]
     rows = torch.stack([r1, r2], dim=-2)  # (*B, V, N, 2, 4)
-    n3 = (P[..., 2, :3] ** 2).sum(-1)  # (*B, V)
+    n3 = (P[..., 2, :3] ** 2) @ one3  # (*B, V)
     coef = w / torch.where(n3 > 0, n3, torch.ones_like(n3))[..., None]
     A = torch.einsum("...vnki,...vnkj->...nij", rows * coef[..., None, None], rows)  # (*B, N, 4, 4)
     start = -(eps ** 0.5) * A.detach().flatten(-2).norm(dim=-1)  # just below the spectrum of a PSD matrix
@@ -176,7 +181,7 @@ def triangulate_multiview(
     Xn = v[..., :3] / torch.where(at_inf, torch.ones_like(v3), v3)[..., None]
     X = sigma[..., None, None] * Xn + c[..., None, :]
     nviews = keep.sum(-2)
-    ok = ~bad_point & (nviews >= 2) & (eig.gap > 100 * eps) & ~at_inf & torch.isfinite(X).all(-1)
+    ok = ~bad_point & (nviews >= 2) & (eig.gap > 100 * eps) & ~at_inf & torch.isfinite(X @ one3)
     X = torch.where(ok[..., None], X, zero)
     return Triangulation(X, ok)
 

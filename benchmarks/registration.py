@@ -9,11 +9,16 @@ Workloads:
     batch_synthetic  B synthetic blob pairs with known transforms: one batched torch3dv call vs a loop of Open3D
                      point-to-plane ICP calls.
 Errors are rotation (deg) / translation (mm) vs ground truth. Open3D is a benchmark-only dependency
-(pip install open3d==0.20.0); torch3dv never imports it.
+(pip install open3d==0.20.0); torch3dv never imports it. torch3dv runs with its default neighbour search
+(SciPy's k-d tree on the CPU when ``torch3dv[fast]`` is installed).
+
+Both libraries run with ``--threads`` threads (the script re-executes itself with OMP_NUM_THREADS set, so that
+Open3D's OpenMP runtime sees it too); each time is the best of ``--reps`` runs, the two libraries interleaved.
+One run writes every row to benchmarks/results/registration.json.
 
 Usage:
-    OMP_NUM_THREADS=1 python benchmarks/registration.py            # all workloads (threads as in env)
-    python benchmarks/registration.py --workloads icp_bunny --iterations 30
+    python benchmarks/registration.py                               # all workloads, 2 threads
+    python benchmarks/registration.py --threads 1 --workloads icp_bunny --iterations 30
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +50,21 @@ def rot_err_deg(R, R_gt) -> float:
     return float(np.degrees(np.arccos(np.clip(c, -1, 1))))
 
 
-def best_of(fn, reps=3):
-    out, ts = None, []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        out = fn()
-        ts.append(time.perf_counter() - t0)
-    return out, min(ts)
+REPS = 3
+
+
+def interleaved(fns, reps=None):
+    """Runs the callables in turn ``reps`` times (peers interleaved, so load changes hit them alike).
+
+    Returns [(last output, best time in seconds)] in the order of ``fns``.
+    """
+    outs, best = [None] * len(fns), [math.inf] * len(fns)
+    for _ in range(reps or REPS):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return list(zip(outs, best))
 
 
 def _pose(name):
@@ -80,14 +94,18 @@ def icp_bunny(o3d, iterations: int, rows: list):
     reg = o3d.pipelines.registration
     for method, est in (("point_to_point", reg.TransformationEstimationPointToPoint()),
                         ("point_to_plane", reg.TransformationEstimationPointToPlane())):
-        ro, to = best_of(lambda: reg.registration_icp(s, tg, dist, init, est,
-                                                      reg.ICPConvergenceCriteria(0.0, 0.0, iterations)))
         opts = ICPOptions(method=method, max_correspondence_distance=dist, max_iterations=iterations,
-                          relative_fitness=-1.0, relative_rmse=-1.0)  # never stop early, like Open3D above
-        for dtype in (torch.float64, torch.float32):
-            init_t = torch.from_numpy(init).to(dtype)
-            rt, tt = best_of(lambda: icp(X.to(dtype), Y.to(dtype), init=init_t, target_normals=normals.to(dtype),
-                                         options=opts))
+                          relative_fitness=-1.0, relative_rmse=-1.0)  # never stop early, like Open3D below
+
+        def ours(dtype, opts=opts):
+            Xd, Yd, Nd, init_t = X.to(dtype), Y.to(dtype), normals.to(dtype), torch.from_numpy(init).to(dtype)
+            return lambda: icp(Xd, Yd, init=init_t, target_normals=Nd, options=opts)
+
+        def theirs(est=est):
+            return reg.registration_icp(s, tg, dist, init, est, reg.ICPConvergenceCriteria(0.0, 0.0, iterations))
+
+        (r64, t64), (r32, t32), (ro, to) = interleaved([ours(torch.float64), ours(torch.float32), theirs])
+        for dtype, rt, tt in ((torch.float64, r64, t64), (torch.float32, r32, t32)):
             rows.append(dict(workload="icp_bunny", method=method, lib=f"torch3dv {str(dtype)[6:]}", time_s=tt,
                              rot_deg=rot_err_deg(rt.R.double().numpy(), R1),
                              trans_mm=1000 * float(np.linalg.norm(rt.t.double().numpy() - t1)),
@@ -118,22 +136,25 @@ def global_3dmatch(o3d, seeds: int, rows: list):
             reg.RANSACConvergenceCriteria(100000, 0.999)).transformation
 
     St, Tt = torch.from_numpy(S).float(), torch.from_numpy(T).float()
-    for lib in ("torch3dv", "open3d"):
-        ok, rerr, terr, times = 0, [], [], []
-        for seed in range(seeds):
+
+    def ours(seed):
+        o = RegistrationOptions(voxel_size=v)
+        o = replace(o, ransac=replace(o.ransac, seed=seed))
+        return global_registration(St, Tt, options=o).transform.double().numpy()
+
+    stats = {lib: dict(ok=0, rerr=[], terr=[], times=[]) for lib in ("torch3dv", "open3d")}
+    for seed in range(seeds):  # the two libraries interleaved, seed by seed
+        for lib, fn in (("torch3dv", ours), ("open3d", o3d_run)):
             t0 = time.perf_counter()
-            if lib == "open3d":
-                E = o3d_run(seed)
-            else:
-                from dataclasses import replace
-                o = RegistrationOptions(voxel_size=v)
-                o = replace(o, ransac=replace(o.ransac, seed=seed))
-                E = global_registration(St, Tt, options=o).transform.double().numpy()
-            times.append(time.perf_counter() - t0)
+            E = fn(seed)
+            st = stats[lib]
+            st["times"].append(time.perf_counter() - t0)
             re, te = rot_err_deg(E[:3, :3], G[:3, :3]), float(np.linalg.norm(E[:3, 3] - G[:3, 3]))
-            rerr.append(re)
-            terr.append(te * 1000)
-            ok += (re < 5) and (te < 0.10)
+            st["rerr"].append(re)
+            st["terr"].append(te * 1000)
+            st["ok"] += (re < 5) and (te < 0.10)
+    for lib, st in stats.items():
+        ok, rerr, terr, times = st["ok"], st["rerr"], st["terr"], st["times"]
         rows.append(dict(workload="global_3dmatch", method="fpfh+ransac", lib=lib, time_s=float(np.median(times)),
                          rot_deg=float(np.median(rerr)), trans_mm=float(np.median(terr)), success=ok / seeds))
 
@@ -142,7 +163,6 @@ def batch_synthetic(o3d, batch: int, rows: list):
     sc = blob_pair(batch=batch, num_points=5000, max_angle=math.radians(15), max_translation=0.05,
                    same_samples=False, noise=0.001, seed=0)
     opts = ICPOptions(method="point_to_plane", max_correspondence_distance=0.05, max_iterations=30)
-    rt, tt = best_of(lambda: icp(sc.source, sc.target, options=opts), reps=2)
     reg = o3d.pipelines.registration
 
     def loop():
@@ -155,7 +175,7 @@ def batch_synthetic(o3d, batch: int, rows: list):
                                             reg.ICPConvergenceCriteria(1e-6, 1e-6, 30)).transformation)
         return np.stack(out)
 
-    Eo, to = best_of(loop, reps=2)
+    (rt, tt), (Eo, to) = interleaved([lambda: icp(sc.source, sc.target, options=opts), loop])
     for lib, R, t, tm in (("torch3dv", rt.R.numpy(), rt.t.numpy(), tt), ("open3d", Eo[:, :3, :3], Eo[:, :3, 3], to)):
         re = [rot_err_deg(R[i], sc.R[i].numpy()) for i in range(batch)]
         te = [1000 * float(np.linalg.norm(t[i] - sc.t[i].numpy())) for i in range(batch)]
@@ -168,9 +188,18 @@ def main() -> None:
     ap.add_argument("--workloads", nargs="+", default=["icp_bunny", "global_3dmatch", "batch_synthetic"])
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
+    ap.add_argument("--reps", type=int, default=3, help="timed runs per measurement (best is kept)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if os.environ.get("OMP_NUM_THREADS") != str(args.threads):
+        # OpenMP reads the variable once at start-up: re-execute so that Open3D sees the same thread count
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    torch.set_num_threads(args.threads)
+    global REPS
+    REPS = args.reps
     try:
         import open3d as o3d
     except ImportError as e:
@@ -184,8 +213,16 @@ def main() -> None:
         batch_synthetic(o3d, args.batch, rows)
     print_table(rows, ["workload", "method", "lib", "time_s", "rot_deg", "trans_mm", "fitness", "iterations",
                        "success"])
-    path = write_json("registration", {"rows": rows, "open3d": o3d.__version__,
-                                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}, args.out)
+    try:
+        import scipy
+
+        scipy_version = scipy.__version__
+    except ImportError:
+        scipy_version = None
+    path = write_json("registration", {"rows": rows, "open3d": o3d.__version__, "scipy": scipy_version,
+                                       "threads": args.threads, "reps": args.reps,
+                                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                                       "args": vars(args)}, args.out)
     print(f"wrote {path}")
 
 

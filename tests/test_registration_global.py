@@ -6,6 +6,7 @@ import torch
 
 from conftest import data_path
 from torch3dv.geometry import quat_xyzw_to_matrix, rotation_error
+from torch3dv import RansacOptions
 from torch3dv.io import read_ply
 from torch3dv.registration import (
     ICPOptions,
@@ -61,7 +62,9 @@ def test_register_bad_inputs():
     sc = blob_pair(batch=2, num_points=500, seed=2)
     S = sc.source.clone()
     S[1, 3] = float("nan")
-    r = register(S, sc.target, options=RegistrationOptions(voxel_size=0.08))
+    # only the failure flag and finite outputs are checked: a short RANSAC is enough
+    fast = RansacOptions(min_iterations=64, max_iterations=2000, hypotheses_per_round=128)
+    r = register(S, sc.target, options=RegistrationOptions(voxel_size=0.08, ransac=fast))
     assert not r.success[1] and torch.isfinite(r.R).all() and torch.isfinite(r.t).all()
     with pytest.raises(ValueError):
         register(S, sc.target[:1])

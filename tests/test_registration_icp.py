@@ -1,3 +1,4 @@
+import importlib.util
 import math
 
 import pytest
@@ -61,14 +62,14 @@ def test_exact_correspondences_one_step():
 
 
 def test_batch_with_masks_equals_single_pairs():
-    sc = blob_pair(batch=3, num_points=600, max_angle=0.25, max_translation=0.05, same_samples=False, seed=4)
-    counts = [600, 450, 300]
+    sc = blob_pair(batch=3, num_points=400, max_angle=0.25, max_translation=0.05, same_samples=False, seed=4)
+    counts = [400, 300, 200]
     S, T = sc.source.clone(), sc.target.clone()
-    sm = torch.zeros(3, 600, dtype=torch.bool)
-    tm = torch.zeros(3, 600, dtype=torch.bool)
+    sm = torch.zeros(3, 400, dtype=torch.bool)
+    tm = torch.zeros(3, 400, dtype=torch.bool)
     for i, n in enumerate(counts):
         sm[i, :n] = True
-        tm[i, : 600 - (i * 100)] = True
+        tm[i, : 400 - (i * 70)] = True
     S[~sm] = float("nan")
     T[~tm] = float("inf")
     for method in METHODS:
@@ -115,7 +116,7 @@ def test_robust_weight_values():
 
 
 def test_multiscale():
-    sc = blob_pair(batch=2, num_points=5000, max_angle=math.radians(25), max_translation=0.1, same_samples=False,
+    sc = blob_pair(batch=2, num_points=3000, max_angle=math.radians(25), max_translation=0.1, same_samples=False,
                    seed=7)
     opts = ICPOptions(method="point_to_plane", voxel_sizes=(0.08, 0.04, 0.0),
                       max_correspondence_distance=(0.4, 0.1, 0.03), max_iterations=(30, 30, 30))
@@ -219,3 +220,16 @@ def test_principal_axes_then_icp():
     iso = torch.cat([u, -u], 1)
     pi = align_principal_axes(iso, iso)
     assert torch.isfinite(pi.R).all()
+
+
+@pytest.mark.parametrize("method", ["point_to_point", "point_to_plane"])
+def test_neighbor_methods_give_the_same_icp(method):
+    # the k-d tree (cached candidates), the grid and brute force find the same correspondences
+    sc = blob_pair(batch=2, num_points=400, max_angle=0.2, max_translation=0.05, same_samples=False, seed=12)
+    res = [icp(sc.source, sc.target, options=ICPOptions(method=method, max_correspondence_distance=0.1,
+                                                         max_iterations=20, neighbor_method=m))
+           for m in ("brute", "grid") + (("kdtree",) if importlib.util.find_spec("scipy") else ())]
+    for r in res[1:]:
+        torch.testing.assert_close(r.R, res[0].R, atol=1e-9, rtol=0)
+        torch.testing.assert_close(r.t, res[0].t, atol=1e-9, rtol=0)
+        assert torch.equal(r.num_iterations, res[0].num_iterations) and torch.equal(r.fitness, res[0].fitness)

@@ -1,8 +1,11 @@
+import importlib.util
 import math
+import sys
 
 import pytest
 import torch
 
+from torch3dv.geometry import axis_angle_to_matrix
 from torch3dv.registration import (
     NeighborIndex,
     estimate_normals,
@@ -12,6 +15,12 @@ from torch3dv.registration import (
     unpad_point_clouds,
     voxel_downsample,
 )
+from torch3dv.registration import neighbors as nbmod
+from torch3dv.registration.neighbors import NearestTracker
+
+HAS_SCIPY = importlib.util.find_spec("scipy") is not None
+FAST = ["grid"] + (["kdtree"] if HAS_SCIPY else [])  # every fast method is checked against brute force
+needs_scipy = pytest.mark.skipif(not HAS_SCIPY, reason="needs scipy (torch3dv[fast])")
 
 
 def _cloud(B, N, seed, planar=True, dtype=torch.float32):
@@ -40,7 +49,7 @@ def _assert_same(a, b, tol=1e-6):
 
 @pytest.mark.parametrize("k", [1, 8])
 @pytest.mark.parametrize("max_distance", [None, 0.03])
-def test_grid_equals_brute(k, max_distance):
+def test_fast_methods_equal_brute(k, max_distance):
     P, g = _cloud(3, 3000, 0)
     q = torch.rand(3, 2000, 3, generator=g)
     q[..., 2] *= 0.05
@@ -48,8 +57,10 @@ def test_grid_equals_brute(k, max_distance):
     qm = torch.rand(3, 2000, generator=g) > 0.1
     P[~pm] = float("nan")  # padding may hold NaN
     a = knn(q, P, k, qm, pm, max_distance, method="brute")
-    b = knn(q, P, k, qm, pm, max_distance, method="grid")
-    _assert_same(a, b)
+    for method in FAST:
+        b = knn(q, P, k, qm, pm, max_distance, method=method)
+        _assert_same(a, b)
+        assert b.indices.dtype == torch.long and b.distances.dtype == q.dtype
     assert not a.valid[~qm].any()
     assert a.indices.shape == (3, 2000, k)
     # brute force against the obvious reference (one cloud)
@@ -62,15 +73,57 @@ def test_grid_equals_brute(k, max_distance):
 
 
 def test_grid_hint_and_far_queries():
-    P, g = _cloud(2, 4000, 1)
-    q = torch.rand(2, 1500, 3, generator=g) * 3 - 1  # many queries far outside the cloud
+    P, g = _cloud(2, 2500, 1)
+    q = torch.rand(2, 800, 3, generator=g) * 3 - 1  # many queries far outside the cloud
     idx = NeighborIndex(P, method="grid")
     a = idx.knn(q, 1)
-    hint = torch.randint(0, 4000, (2, 1500), generator=g)
+    hint = torch.randint(0, 2500, (2, 800), generator=g)
     b = idx.knn(q, 1, hint=hint)
     c = knn(q, P, 1, method="brute")
     _assert_same(a, c)
     _assert_same(b, c)
+    if HAS_SCIPY:
+        _assert_same(knn(q, P, 1, method="kdtree"), c)
+
+
+@needs_scipy
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tracker_equals_fresh_search(dtype):
+    # queries moving by shrinking rigid motions (as in ICP): the cached candidates give the exact answer
+    P, g = _cloud(2, 2000, 4, dtype=dtype)
+    pm = torch.rand(2, 2000, generator=g) > 0.1
+    q0 = torch.rand(2, 1000, 3, generator=g, dtype=dtype)
+    q0[..., 2] *= 0.05
+    qm = torch.rand(2, 1000, generator=g) > 0.1
+    index = NeighborIndex(P, pm, method="kdtree")
+    tracker = NearestTracker(index, 0.03)
+    for it in range(10):
+        R = axis_angle_to_matrix(0.02 / (1 + it) * torch.randn(3, generator=g, dtype=dtype))
+        q = q0 @ R.T + 0.003 / (1 + it) * torch.randn(3, generator=g, dtype=dtype)
+        idx, valid = tracker(q, qm)
+        ref = knn(q, P, 1, qm, pm, max_distance=0.03, method="brute")
+        assert torch.equal(valid, ref.valid[..., 0])
+        assert ((idx != ref.indices[..., 0]) & valid).sum() <= 1  # ties
+        assert not idx[~valid].any()
+    assert tracker.searched < 0.5 * 10 * int(qm.sum())  # most queries were answered from the cache
+
+
+def test_method_selection_and_optional_scipy(monkeypatch):
+    P = torch.rand(1, 50, 3)
+    assert NeighborIndex(P, method="brute").method == "brute"
+    assert NeighborIndex(P).method == ("kdtree" if HAS_SCIPY else "brute")
+    with pytest.raises(ValueError):
+        NeighborIndex(P, method="octree")
+    # without scipy: auto falls back to the pure-torch methods, an explicit "kdtree" says which extra to install
+    monkeypatch.setattr(nbmod, "_HAS_SCIPY", False)
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "scipy.spatial", None)
+    assert NeighborIndex(P).method == "brute" and NeighborIndex(torch.rand(1, 3000, 3)).method == "grid"
+    r = knn(P[:, :5], P, 2)
+    assert (r.distances[..., 0] == 0).all()
+    with pytest.raises(ImportError, match="fast"):
+        knn(P[:, :5], P, 2, method="kdtree")
+
 
 
 def test_radius_search_is_capped_hybrid():

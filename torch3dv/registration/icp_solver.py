@@ -2,9 +2,10 @@
 
 The result is ``target_from_source = (R, t)``: ``Y ~ R X + t`` for source points X and target points Y
 (README, "Conventions"). Every pair of a batch is solved at once: each iteration matches all pairs (exact
-nearest neighbours within ``max_correspondence_distance``, :mod:`torch3dv.registration.neighbors`), then
-solves all pairs' small systems together; a pair that has converged stops moving while the others go on
-(there is no Python loop over pairs).
+nearest neighbours within ``max_correspondence_distance``, :mod:`torch3dv.registration.neighbors`; the target
+is indexed once per scale and, with the k-d tree, a source point is searched again only when its cached
+candidates no longer prove the answer, see ``NearestTracker``), then solves all pairs' small systems
+together; a pair that has converged stops moving while the others go on (there is no Python loop over pairs).
 
 Methods (one linearised step per iteration, ``T <- exp(xi) T`` with ``xi = (omega, v)``):
 
@@ -50,7 +51,7 @@ from torch import Tensor
 from torch3dv._checks import check_float, check_tensor
 from torch3dv.geometry.rotations import axis_angle_to_matrix
 from torch3dv.optim.losses import get_loss
-from torch3dv.registration.neighbors import NeighborIndex
+from torch3dv.registration.neighbors import NearestTracker, NeighborIndex
 from torch3dv.registration.normals import estimate_normals, local_covariances
 from torch3dv.registration.pointcloud import clean_points, voxel_downsample
 from torch3dv.solvers.rigid import kabsch
@@ -78,7 +79,8 @@ class ICPOptions:
         gicp_epsilon: smallest relative eigenvalue of the GICP covariances.
         min_correspondences: fewer matches than this marks the pair failed (default 3 for point-to-point,
             6 otherwise).
-        neighbor_method: ``"auto"``, ``"grid"`` or ``"brute"`` (see :mod:`torch3dv.registration.neighbors`).
+        neighbor_method: ``"auto"``, ``"kdtree"``, ``"grid"`` or ``"brute"`` (see
+            :mod:`torch3dv.registration.neighbors`; ``"auto"`` is the SciPy k-d tree on the CPU when installed).
     """
 
     method: str = "point_to_plane"
@@ -195,6 +197,7 @@ class _Problem(NamedTuple):
     normals: Tensor | None  # (B, M, 3) target normals
     cov_s: Tensor | None  # (B, N, 3, 3) regularised source covariances
     cov_t: Tensor | None
+    index: NeighborIndex  # over the (detached) target, built once per scale
 
 
 def _gicp_cov(points: Tensor, mask: Tensor, k: int, eps: float, index: NeighborIndex) -> Tensor:
@@ -206,6 +209,51 @@ def _gicp_cov(points: Tensor, mask: Tensor, k: int, eps: float, index: NeighborI
     return torch.where(lc.valid[..., None, None], C, eye)
 
 
+def _dot3(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise dot product over a last axis of size 3 (written out: faster than ``(a * b).sum(-1)`` on CPU)."""
+    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
+
+
+def _cross3(a: Tensor, b: Tensor) -> Tensor:
+    a0, a1, a2 = a.unbind(-1)
+    b0, b1, b2 = b.unbind(-1)
+    return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], -1)
+
+
+def _transform(X: Tensor, R: Tensor, t: Tensor) -> Tensor:
+    """R X + t for points X (B, N, 3)."""
+    return torch.baddbmm(t[:, None], X, R.transpose(-1, -2))
+
+
+def _gather_rows(P: Tensor, idx: Tensor) -> Tensor:
+    return torch.gather(P, 1, idx[..., None].expand(-1, -1, P.shape[-1]))
+
+
+def _kabsch_nograd(X: Tensor, Y: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Weighted Kabsch for the iterations (no gradient): SVD of the centred 3x3 cross-covariance.
+
+    Same minimiser and the same ``success`` rule as :func:`torch3dv.solvers.rigid.kabsch` (at least 3 points
+    with weight, and ``sigma_2 + sign(det) sigma_3`` above 100 eps of ``sigma_1``) without its input checks and
+    differentiable eigen-solver, which cost more than the solve itself for one large cloud per pair.
+    """
+    dtype = X.dtype
+    eps = torch.finfo(dtype).eps
+    wsum = w.sum(-1)
+    wn = (w / wsum.clamp_min(torch.finfo(dtype).tiny)[:, None])[:, None]  # (B, 1, N)
+    mx, my = wn @ X, wn @ Y  # (B, 1, 3)
+    S = (X - mx).mul_(wn.transpose(1, 2)).transpose(1, 2) @ (Y - my)  # sum_i w_i x_i y_i^T
+    U, sig, Vh = torch.linalg.svd(S)
+    d = torch.sign(torch.linalg.det(U) * torch.linalg.det(Vh))
+    d = torch.where(d == 0, torch.ones_like(d), d)
+    D = torch.ones_like(sig)
+    D[:, 2] = d
+    R = (Vh.transpose(1, 2) * D[:, None]) @ U.transpose(1, 2)
+    t = (my - mx @ R.transpose(1, 2))[:, 0]
+    ok = ((w > 0).sum(-1) >= 3) & (sig[:, 1] + d * sig[:, 2] > 100 * eps * sig[:, 0]) & (wsum > 0)
+    ok = ok & torch.isfinite(S).all(-1).all(-1)
+    return R, t, ok
+
+
 def _step(p: _Problem, R: Tensor, t: Tensor, idx: Tensor, w: Tensor, method: str,
           src: Tensor | None = None, tgt: Tensor | None = None, normals: Tensor | None = None):
     """One update from pose (R, t) with fixed matches ``idx`` (B, N) and weights ``w`` (B, N).
@@ -215,55 +263,86 @@ def _step(p: _Problem, R: Tensor, t: Tensor, idx: Tensor, w: Tensor, method: str
     src = p.src if src is None else src
     tgt = p.tgt if tgt is None else tgt
     B, N = idx.shape
-    Y = torch.gather(tgt, 1, idx[..., None].expand(-1, -1, 3))
+    Y = _gather_rows(tgt, idx)
     if method == "point_to_point":
         r = kabsch(src, Y, weights=w)
         return r.R, r.t, r.success
-    Xt = src @ R.transpose(-1, -2) + t[:, None]
+    Xt = _transform(src, R, t)
     if method == "point_to_plane":
         nrm = p.normals if normals is None else normals
-        n = torch.gather(nrm, 1, idx[..., None].expand(-1, -1, 3))
-        res = ((Xt - Y) * n).sum(-1)  # (B, N)
-        J = torch.cat([torch.cross(Xt, n, dim=-1), n], -1)  # (B, N, 6)
-        Jw = J * w[..., None]
-        H = Jw.transpose(1, 2) @ J
-        g = (Jw * res[..., None]).sum(1)
-    else:  # gicp
-        Cs = R[:, None] @ p.cov_s @ R[:, None].transpose(-1, -2)
-        Ct = torch.gather(p.cov_t, 1, idx[..., None, None].expand(-1, -1, 3, 3))
-        M = torch.linalg.inv(Cs + Ct).detach() * w[..., None, None]
-        d = Y - Xt
-        J = torch.cat([_skew(Xt), -torch.eye(3, dtype=Xt.dtype, device=Xt.device).expand(B, N, 3, 3)], -1)
-        MJ = M @ J  # (B, N, 3, 6)
-        H = torch.einsum("bnai,bnaj->bij", J, MJ)
-        g = torch.einsum("bnai,bna->bi", MJ, d)
+        return _plane_step(Xt, Y, _gather_rows(nrm, idx), w, R, t)
+    # gicp
+    Cs = R[:, None] @ p.cov_s @ R[:, None].transpose(-1, -2)
+    Ct = torch.gather(p.cov_t, 1, idx[..., None, None].expand(-1, -1, 3, 3))
+    M = torch.linalg.inv(Cs + Ct).detach() * w[..., None, None]
+    d = Y - Xt
+    J = torch.cat([_skew(Xt), -torch.eye(3, dtype=Xt.dtype, device=Xt.device).expand(B, N, 3, 3)], -1)
+    MJ = M @ J  # (B, N, 3, 6)
+    H = torch.einsum("bnai,bnaj->bij", J, MJ)
+    g = torch.einsum("bnai,bna->bi", MJ, d)
+    return _update(H, g, R, t)
+
+
+def _plane_step(Xt: Tensor, Y: Tensor, n: Tensor, w: Tensor, R: Tensor, t: Tensor):
+    """Gauss-Newton step of ``sum w (n . (Xt - Y))^2`` about the current pose."""
+    res = _dot3(Xt - Y, n)  # (B, N)
+    J = torch.cat([_cross3(Xt, n), n], -1)  # (B, N, 6)
+    Jw = J * w[..., None]
+    Jwt = Jw.transpose(1, 2)
+    H = Jwt @ J
+    g = (Jwt @ res[..., None])[..., 0]
+    return _update(H, g, R, t)
+
+
+def _update(H: Tensor, g: Tensor, R: Tensor, t: Tensor):
     xi, ok = _solve6(H, g)
     Rd = axis_angle_to_matrix(xi[:, :3])
     return Rd @ R, (Rd @ t[..., None])[..., 0] + xi[:, 3:], ok
 
 
+class _Matches(NamedTuple):
+    idx: Tensor  # (B, N) target row of every source row (0 where not valid)
+    valid: Tensor  # (B, N) a target point within the correspondence distance
+    d2: Tensor  # (B, N) squared distance (0 where not valid)
+    res2: Tensor  # (B, N) squared residual length for the robust kernel (0 where not valid)
+    Xt: Tensor  # (B, N, 3) moved source points
+    Y: Tensor  # (B, N, 3) matched target points
+
+
+def _match(p: _Problem, tracker: NearestTracker, R: Tensor, t: Tensor, method: str) -> _Matches:
+    """Correspondences at pose (R, t) (no gradient); distances recomputed from the coordinates."""
+    Xt = _transform(p.src, R, t)
+    idx, valid = tracker(Xt, p.smask)
+    Y = _gather_rows(p.tgt, idx)
+    diff = Xt - Y
+    zero = torch.zeros((), dtype=Xt.dtype, device=Xt.device)
+    d2 = torch.where(valid, _dot3(diff, diff), zero)
+    if method == "point_to_plane":
+        r = _dot3(diff, _gather_rows(p.normals, idx))
+        res2 = torch.where(valid, r * r, zero)
+    else:
+        res2 = d2
+    return _Matches(idx, valid, d2, res2, Xt, Y)
+
+
 def _icp_scale(p: _Problem, R: Tensor, t: Tensor, alive: Tensor, dist: float, iters: int, opts: ICPOptions,
                scale: float):
-    """Runs one scale without gradient. Returns R, t, iterations (B,), converged (B,), ok (B,)."""
-    index = NeighborIndex(p.tgt, p.tmask, method=opts.neighbor_method)
-    B, N = p.src.shape[:2]
-    nsrc = p.smask.sum(-1).clamp_min(1).to(p.src.dtype)
+    """Runs one scale without gradient. Returns R, t, iterations (B,), converged (B,), ok (B,), tracker."""
+    tracker = NearestTracker(p.index, dist)
+    B = p.src.shape[0]
+    dtype = p.src.dtype
+    nsrc = p.smask.sum(-1).clamp_min(1).to(dtype)
     active = alive.clone()
     converged = torch.zeros_like(alive)
     ok = alive.clone()
     its = torch.zeros(B, dtype=torch.long, device=p.src.device)
     prev_fit = prev_rmse = None
-    hint = None
     min_corr = opts.min_correspondences or (3 if opts.method == "point_to_point" else 6)
     for it in range(iters + 1):
-        Xt = p.src @ R.transpose(-1, -2) + t[:, None]
-        nb = index.knn(Xt, 1, p.smask, max_distance=dist, hint=hint)
-        idx, d, valid = nb.indices[..., 0], nb.distances[..., 0], nb.valid[..., 0]
-        hint = idx
-        d2 = torch.where(valid, d * d, torch.zeros_like(d))
-        cnt = valid.sum(-1)
-        fit = cnt.to(p.src.dtype) / nsrc
-        rmse = torch.sqrt(d2.sum(-1) / cnt.clamp_min(1).to(d.dtype))
+        m = _match(p, tracker, R, t, opts.method)
+        cnt = m.valid.sum(-1)
+        fit = cnt.to(dtype) / nsrc
+        rmse = torch.sqrt(m.d2.sum(-1) / cnt.clamp_min(1).to(dtype))
         if prev_fit is not None:
             conv = ((fit - prev_fit).abs() < opts.relative_fitness) & ((rmse - prev_rmse).abs() < opts.relative_rmse)
             converged = converged | (active & conv)
@@ -271,21 +350,21 @@ def _icp_scale(p: _Problem, R: Tensor, t: Tensor, alive: Tensor, dist: float, it
         prev_fit, prev_rmse = fit, rmse
         if it == iters or not bool(active.any()):
             break
-        if opts.method == "point_to_plane":
-            n = torch.gather(p.normals, 1, idx[..., None].expand(-1, -1, 3))
-            s = ((Xt - torch.gather(p.tgt, 1, idx[..., None].expand(-1, -1, 3))) * n).sum(-1) ** 2
-        else:
-            s = d2
-        w = valid.to(p.src.dtype) * robust_weights(s, opts.loss, scale)
+        w = m.valid.to(dtype) * robust_weights(m.res2, opts.loss, scale)
         enough = cnt >= min_corr
-        R1, t1, step_ok = _step(p, R, t, idx, w, opts.method)
+        if opts.method == "point_to_point":
+            R1, t1, step_ok = _kabsch_nograd(p.src, m.Y, w)
+        elif opts.method == "point_to_plane":
+            R1, t1, step_ok = _plane_step(m.Xt, m.Y, _gather_rows(p.normals, m.idx), w, R, t)
+        else:
+            R1, t1, step_ok = _step(p, R, t, m.idx, w, opts.method)
         good = active & enough & step_ok & torch.isfinite(R1).all((-1, -2)) & torch.isfinite(t1).all(-1)
         ok = ok & ~(active & ~good)
         active = active & good
         R = torch.where(active[:, None, None], R1, R)
         t = torch.where(active[:, None], t1, t)
         its = its + active.long()
-    return R, t, its, converged, ok
+    return R, t, its, converged, ok, tracker
 
 
 def icp(
@@ -358,40 +437,36 @@ def icp(
     total_its = torch.zeros(B, dtype=torch.long, device=dev)
     ok = alive.clone()
     converged = torch.zeros_like(alive)
+    p = tracker = None
     with torch.no_grad():
-        for si, (vox, dist, nit) in enumerate(zip(voxels, dists, iters)):
+        for vox, dist, nit in zip(voxels, dists, iters):
             p = _make_problem(src.detach(), smask, tgt.detach(), tmask,
                               None if normals_in is None else normals_in.detach(), vox, opts)
             scale = opts.loss_scale or dist / 3.0
-            R, t, its, converged, ok_s = _icp_scale(p, R, t, ok, dist, nit, opts, scale)
+            R, t, its, converged, ok_s, tracker = _icp_scale(p, R, t, ok, dist, nit, opts, scale)
             ok = ok & ok_s
             total_its = total_its + its
-    # final, differentiable step at full resolution with the final matches fixed
-    p = _make_problem(src, smask, tgt, tmask, normals_in, 0.0, opts, detach_aux=True)
+    # final, differentiable step at full resolution with the final matches fixed; the last scale's index,
+    # normals and covariances are reused when it ran at full resolution
     dist = dists[-1]
+    if voxels[-1] > 0:
+        p = _make_problem(src, smask, tgt, tmask, normals_in, 0.0, opts)
+        tracker = NearestTracker(p.index, dist)
+    p = p._replace(src=src, tgt=tgt, normals=p.normals if normals_in is None else normals_in)
     scale = opts.loss_scale or dist / 3.0
     with torch.no_grad():
-        index = NeighborIndex(tgt.detach(), tmask, method=opts.neighbor_method)
-        Xt = src.detach() @ R.transpose(-1, -2) + t[:, None]
-        nb = index.knn(Xt, 1, smask, max_distance=dist)
-        idx, d, valid = nb.indices[..., 0], nb.distances[..., 0], nb.valid[..., 0]
-        if opts.method == "point_to_plane":
-            n = torch.gather(p.normals.detach(), 1, idx[..., None].expand(-1, -1, 3))
-            s = ((Xt - torch.gather(tgt.detach(), 1, idx[..., None].expand(-1, -1, 3))) * n).sum(-1) ** 2
-        else:
-            s = d * d
-        s = torch.where(valid, s, torch.zeros_like(s))
-        w = valid.to(dtype) * robust_weights(s, opts.loss, scale)
+        m = _match(p, tracker, R, t, opts.method)
+        idx, valid = m.idx, m.valid
+        w = valid.to(dtype) * robust_weights(m.res2, opts.loss, scale)
     min_corr = opts.min_correspondences or (3 if opts.method == "point_to_point" else 6)
-    Rf, tf, step_ok = _step(p, R, t, idx, w, opts.method, src=src, tgt=tgt, normals=p.normals)
+    Rf, tf, step_ok = _step(p, R, t, idx, w, opts.method)
     cnt = valid.sum(-1)
     ok = ok & step_ok & (cnt >= min_corr) & torch.isfinite(Rf).all((-1, -2)) & torch.isfinite(tf).all(-1)
     R_out = torch.where(ok[:, None, None], Rf, R0)
     t_out = torch.where(ok[:, None], tf, t0)
     with torch.no_grad():
-        Y = torch.gather(tgt.detach(), 1, idx[..., None].expand(-1, -1, 3))
-        r2 = ((src.detach() @ R_out.detach().transpose(-1, -2) + t_out.detach()[:, None] - Y) ** 2).sum(-1)
-        r2 = torch.where(valid, r2, torch.zeros_like(r2))
+        r = _transform(src.detach(), R_out.detach(), t_out.detach()) - m.Y
+        r2 = torch.where(valid, _dot3(r, r), torch.zeros((), dtype=dtype, device=dev))
         fitness = cnt.to(dtype) / smask.sum(-1).clamp_min(1).to(dtype)
         rmse = torch.sqrt(r2.sum(-1) / cnt.clamp_min(1).to(dtype))
         fitness = torch.where(alive, fitness, torch.zeros_like(fitness))
@@ -403,17 +478,17 @@ def icp(
 
 
 def _make_problem(src: Tensor, smask: Tensor, tgt: Tensor, tmask: Tensor, normals: Tensor | None, voxel: float,
-                  opts: ICPOptions, detach_aux: bool = False) -> _Problem:
-    """Downsamples (voxel > 0) and attaches normals / covariances for the chosen method."""
+                  opts: ICPOptions) -> _Problem:
+    """Downsamples (voxel > 0), indexes the target and attaches normals / covariances for the chosen method."""
     if voxel > 0:
         s = voxel_downsample(src, voxel, smask)
         tg = voxel_downsample(tgt, voxel, tmask)
         src, smask, tgt, tmask = s.points, s.mask, tg.points, tg.mask
         normals = None
     nrm = cov_s = cov_t = None
+    tindex = NeighborIndex(tgt.detach(), tmask, method=opts.neighbor_method)
     if opts.method in ("point_to_plane", "gicp"):
         with torch.no_grad():
-            tindex = NeighborIndex(tgt.detach(), tmask, method=opts.neighbor_method)
             if opts.method == "point_to_plane":
                 if normals is None:
                     nrm = estimate_normals(tgt.detach(), tmask, opts.num_neighbors, index=tindex)
@@ -423,4 +498,4 @@ def _make_problem(src: Tensor, smask: Tensor, tgt: Tensor, tmask: Tensor, normal
                 cov_t = _gicp_cov(tgt.detach(), tmask, opts.num_neighbors, opts.gicp_epsilon, tindex)
         if nrm is None:
             nrm = normals
-    return _Problem(src, smask, tgt, tmask, nrm, cov_s, cov_t)
+    return _Problem(src, smask, tgt, tmask, nrm, cov_s, cov_t, tindex)

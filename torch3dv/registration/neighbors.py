@@ -1,6 +1,6 @@
 """Exact k-nearest-neighbour and radius search in batched, padded 3D point clouds.
 
-Two exact methods, selected by ``method``:
+Three exact methods, selected by ``method``:
 
 * ``"brute"``: chunked brute force. Squared distances of a chunk of queries to all points by one matrix
   product (points are centred first, and the selected distances are recomputed from coordinate differences,
@@ -12,16 +12,23 @@ Two exact methods, selected by ``method``:
   everything within ``max_distance`` has been seen) or, without a distance bound, until brute force over
   the few remaining queries is cheaper. The first h is the typical k-th neighbour distance, measured on a
   sample of the points, so a level gathers a few k candidates per query on a surface scan.
+* ``"kdtree"``: SciPy's C k-d tree (``scipy.spatial.cKDTree``), one tree per cloud of the batch, queried with
+  ``torch.get_num_threads()`` workers. The fastest choice on the CPU; needs the optional extra
+  ``pip install "torch3dv[fast]"`` (SciPy is imported only when this method is used). Coordinates are handed
+  to the tree as float64, so the distances are those of the input coordinates, correctly rounded to their dtype.
 
-Both return the same neighbours (ties between exactly equidistant points may be broken differently).
+``"auto"`` picks the k-d tree on the CPU when SciPy is installed (the grid for large clouds, brute force for
+small ones otherwise) and brute force on other devices. All methods return the same neighbours (ties between
+exactly equidistant points may be broken differently).
 
-:class:`NeighborIndex` keeps the sorted grids of a fixed cloud between calls (ICP queries the same target
-every iteration). Neighbour search has no gradient; indices are integers. Distances are recomputed
+:class:`NeighborIndex` keeps the trees or sorted grids of a fixed cloud between calls (ICP queries the same
+target every iteration). Neighbour search has no gradient; indices are integers. Distances are recomputed
 differentiably from the coordinates when the inputs require gradients.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import NamedTuple
 
@@ -30,9 +37,41 @@ from torch import Tensor
 
 from torch3dv.registration.pointcloud import clean_points
 
-METHODS = ("auto", "brute", "grid")
+METHODS = ("auto", "brute", "grid", "kdtree")
 _MAX_CELLS = 1 << 25  # dense cell table entries per grid (int32: 128 MiB)
 _OFFSETS9 = torch.tensor([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)])
+
+
+_HAS_SCIPY: bool | None = None
+
+
+def _scipy_available() -> bool:
+    """Whether SciPy can be imported (checked once, without importing it)."""
+    global _HAS_SCIPY
+    if _HAS_SCIPY is None:
+        _HAS_SCIPY = importlib.util.find_spec("scipy") is not None
+    return _HAS_SCIPY
+
+
+def _ckdtree():
+    try:
+        from scipy.spatial import cKDTree
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError('method="kdtree" needs SciPy: pip install "torch3dv[fast]" (or pip install scipy)') from e
+    return cKDTree
+
+
+def resolve_method(method: str, device: torch.device, n: int) -> str:
+    """The concrete search method for ``method`` (``"auto"`` resolved) on ``device`` for clouds of ``n`` points."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method != "auto":
+        return method
+    if device.type != "cpu":
+        return "brute"
+    if _scipy_available():
+        return "kdtree"
+    return "grid" if n > 2048 else "brute"
 
 
 class Neighbors(NamedTuple):
@@ -65,14 +104,12 @@ class NeighborIndex:
     Args:
         points: (*B, N, 3) points, metres.
         mask: optional (*B, N) bool; False (and NaN) rows are never returned.
-        method: ``"auto"`` (grid on the CPU for large clouds, brute force otherwise), ``"brute"`` or ``"grid"``.
+        method: ``"auto"``, ``"kdtree"``, ``"grid"`` or ``"brute"`` (module docstring).
         chunk_elements: memory bound, number of query-candidate pairs held at once.
     """
 
     def __init__(self, points: Tensor, mask: Tensor | None = None, method: str = "auto",
                  chunk_elements: int = 1 << 22):
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         cl = clean_points(points, mask)
         self.lead = points.shape[:-2]
         self.n = points.shape[-2]
@@ -80,9 +117,10 @@ class NeighborIndex:
         self.mask = cl.mask.reshape(-1, self.n)
         self.B = self.points.shape[0]
         self.chunk = int(chunk_elements)
-        if method == "auto":
-            method = "grid" if (points.device.type == "cpu" and self.n > 2048) else "brute"
-        self.method = method
+        self.method = resolve_method(method, points.device, self.n)
+        if self.method == "kdtree" and points.device.type != "cpu":
+            raise ValueError('method="kdtree" runs on the CPU only')
+        self._trees: list | None = None
         self._grids: dict[float, _Grid | None] = {}
         self._flat = None
         self._h0: dict[int, float] = {}
@@ -142,6 +180,61 @@ class NeighborIndex:
             exact = torch.where(qm[:, s:s + step, None], exact, inf)
             d2_out[:, s:s + step, :kk] = exact
             i_out[:, s:s + step, :kk] = torch.gather(idx, 2, order)
+        return d2_out, i_out
+
+    # ------------------------------------------------------------------ k-d tree
+    def _build_trees(self) -> list:
+        if self._trees is None:
+            cKDTree = _ckdtree()
+            pts = self.points.detach().to(torch.float64).numpy()
+            m = self.mask.numpy()
+            self._trees = []
+            for b in range(self.B):
+                rows = m[b].nonzero()[0]
+                # sliding-midpoint splits: 2-3x faster than median splits for queries off the surface
+                tree = cKDTree(pts[b, rows], balanced_tree=False, compact_nodes=False) if rows.size else None
+                self._trees.append((tree, torch.from_numpy(rows)))
+        return self._trees
+
+    def _kdtree_flat(self, q: Tensor, qb: Tensor, k: int, max_distance: float | None) -> tuple[Tensor, Tensor]:
+        """Queries q (T, 3) of clouds qb (T,) (sorted) -> (T, k) float64 squared distances (inf = none), rows."""
+        T = q.shape[0]
+        d2_out = torch.full((T, k), math.inf, dtype=torch.float64)
+        i_out = torch.zeros(T, k, dtype=torch.long)
+        if T == 0:
+            return d2_out, i_out
+        # a hair beyond max_distance: the caller applies the exact bound d <= max_distance afterwards
+        ub = math.inf if max_distance is None else max_distance * (1 + 1e-6)
+        # threads only pay off for many queries (starting them costs about a millisecond)
+        workers = max(1, torch.get_num_threads()) if T >= 4096 else 1
+        qnp = q.detach().to(torch.float64).numpy()
+        counts = torch.bincount(qb, minlength=self.B).tolist() if self.B > 1 else [T]
+        s = 0
+        for (tree, rows), c in zip(self._build_trees(), counts):
+            if tree is None or c == 0:
+                s += c
+                continue
+            kk = min(k, rows.shape[0])
+            dd, ii = tree.query(qnp[s:s + c], k=kk, distance_upper_bound=ub, workers=workers)
+            dd = torch.from_numpy(dd).reshape(-1, kk)
+            ii = torch.from_numpy(ii).reshape(-1, kk)
+            found = ii < rows.shape[0]
+            d2_out[s:s + c, :kk] = torch.where(found, dd * dd, torch.full_like(dd, math.inf))
+            i_out[s:s + c, :kk] = rows[torch.where(found, ii, torch.zeros_like(ii))]
+            s += c
+        return d2_out, i_out
+
+    def _kdtree(self, q: Tensor, qm: Tensor, k: int, max_distance: float | None) -> tuple[Tensor, Tensor]:
+        """q (B, Q, 3), qm (B, Q) -> (B, Q, k) float64 squared distances (inf = none) and indices."""
+        B, Q = q.shape[:2]
+        if bool(qm.all()):
+            qb = torch.arange(B).repeat_interleave(Q)
+            d2, rows = self._kdtree_flat(q.reshape(-1, 3), qb, k, max_distance)
+            return d2.reshape(B, Q, k), rows.reshape(B, Q, k)
+        d2_out = torch.full((B, Q, k), math.inf, dtype=torch.float64)
+        i_out = torch.zeros(B, Q, k, dtype=torch.long)
+        qb, qi = torch.nonzero(qm, as_tuple=True)
+        d2_out[qb, qi], i_out[qb, qi] = self._kdtree_flat(q[qb, qi], qb, k, max_distance)
         return d2_out, i_out
 
     # ------------------------------------------------------------------ grid
@@ -346,7 +439,10 @@ class NeighborIndex:
         qm = cq.mask.reshape(-1, nq)
         qf = cq.points.reshape(-1, nq, 3)
         with torch.no_grad():
-            if self.method == "grid":
+            if self.method == "kdtree":
+                d2, idx = self._kdtree(qf, qm, k, max_distance)
+                d2 = d2.to(query.dtype)
+            elif self.method == "grid":
                 qb, qi = torch.nonzero(qm, as_tuple=True)
                 qsel = qf.detach()[qb, qi]
                 upper = None
@@ -395,7 +491,7 @@ def knn(
         query_mask: optional (*B, Q) bool.
         points_mask: optional (*B, N) bool; False rows (and NaN rows) are never returned.
         max_distance: optional distance bound (metres); farther neighbours are invalid.
-        method: ``"auto"``, ``"brute"`` or ``"grid"`` (see the module docstring; all exact).
+        method: ``"auto"``, ``"kdtree"``, ``"grid"`` or ``"brute"`` (see the module docstring; all exact).
 
     Returns:
         :class:`Neighbors` with ``indices``, ``distances`` and ``valid`` of shape (*B, Q, k), sorted by distance.
@@ -430,3 +526,122 @@ def radius_search(
     if not radius > 0:
         raise ValueError(f"radius must be positive, got {radius}")
     return knn(query, points, max_neighbors, query_mask, points_mask, max_distance=radius, method=method)
+
+
+class NearestTracker:
+    """Exact nearest indexed point of queries that move a little between calls (ICP's correspondences).
+
+    With the k-d tree, every query keeps the ``candidates`` nearest points (within ``1.5 max_distance``) found
+    the last time it was searched, at q: no other point is closer to q than r, the distance of the last of them
+    (or the search bound when fewer were found). At the query's new position q' (delta = |q' - q|) every other
+    point is at least r - delta away (triangle inequality), so the closest candidate is the nearest point when
+    its distance is below r - delta, and there is no point within ``max_distance`` when both that distance and
+    r - delta exceed it. The same argument with the second-smallest candidate distance at q (or the smallest,
+    when the current answer is not the first candidate) settles most queries from the current answer alone,
+    without looking at the others. Only the queries left undecided (all of them on the first call) are searched
+    again.
+    The tests carry a margin of 64 rounding units of the query dtype (relative to the coordinates), so the
+    answers are those of a fresh search up to points tied within rounding. With other methods every query is
+    searched on every call.
+
+    Args:
+        index: :class:`NeighborIndex` over the fixed points, flat batch (B, N, 3).
+        max_distance: neighbours farther than this (metres) are not matches.
+        candidates: points kept per query.
+    """
+
+    def __init__(self, index: NeighborIndex, max_distance: float, candidates: int = 4):
+        self.index = index
+        self.max_distance = float(max_distance)
+        self.bound = 1.5 * self.max_distance
+        self.k = int(candidates)
+        self._state = None  # q (B, Q, 3), cand rows (B, Q, K), cand xyz (B, Q, K, 3), r (B, Q)
+        self._hint = None
+        self.searched = 0  # queries sent to the tree so far (for profiling)
+
+    def _search(self, q: Tensor, qb: Tensor, qi: Tensor):
+        """Searches the queries (qb, qi) at q and stores their candidates; returns their closest candidate."""
+        ix = self.index
+        qs = q[qb, qi]
+        d2, rows = ix._kdtree_flat(qs, qb, self.k, self.bound)
+        ok = torch.isfinite(d2)
+        xyz = ix.points[qb[:, None], rows]  # (T, K, 3)
+        xyz = xyz.masked_fill(~ok[..., None], math.inf)  # no candidate: infinitely far
+        dist = torch.where(ok, d2.sqrt(), torch.full_like(d2, self.bound)).to(q.dtype)
+        st = self._state
+        st["q0"][qb, qi] = qs
+        st["rows"][qb, qi] = rows
+        st["xyz"][qb, qi] = xyz
+        st["r"][qb, qi] = dist[:, -1]
+        st["s0"][qb, qi] = dist[:, 0]
+        st["s1"][qb, qi] = dist[:, 1]
+        self.searched += qs.shape[0]
+        d2min, j = self._closest(qs, xyz)
+        self._set_winner(qb, qi, j, xyz)
+        return d2min, j
+
+    def _set_winner(self, qb: Tensor, qi: Tensor, j: Tensor, xyz: Tensor):
+        st = self._state
+        st["win"][qb, qi] = j
+        st["wxyz"][qb, qi] = torch.gather(xyz, 1, j[:, None, None].expand(-1, 1, 3))[:, 0]
+
+    @staticmethod
+    def _closest(q: Tensor, xyz: Tensor) -> tuple[Tensor, Tensor]:
+        e = xyz - q[..., None, :]
+        d2 = e[..., 0] * e[..., 0] + e[..., 1] * e[..., 1] + e[..., 2] * e[..., 2]
+        j = d2.argmin(-1)  # (Tensor.min with indices is slow on small CPU tensors in some builds)
+        return torch.gather(d2, -1, j[..., None])[..., 0], j
+
+    def __call__(self, query: Tensor, query_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """query (B, Q, 3) in the indexed points' frame, query_mask (B, Q) -> nearest rows (B, Q) int64 (0 where
+        none) and ``valid`` (B, Q): a nearest point exists within ``max_distance`` (squared distances compared
+        in the query dtype)."""
+        ix = self.index
+        q = query.detach()
+        if ix.method != "kdtree":
+            nb = ix.knn(q, 1, query_mask, max_distance=self.max_distance, hint=self._hint)
+            self._hint = nb.indices[..., 0]
+            return nb.indices[..., 0], nb.valid[..., 0]
+        B, Q = q.shape[:2]
+        if self._state is None:
+            K = self.k
+            self._state = dict(q0=q.clone(), rows=torch.zeros(B, Q, K, dtype=torch.long),
+                               xyz=q.new_full((B, Q, K, 3), math.inf), r=q.new_zeros(B, Q), s0=q.new_zeros(B, Q),
+                               s1=q.new_zeros(B, Q), win=torch.zeros(B, Q, dtype=torch.long),
+                               wxyz=q.new_full((B, Q, 3), math.inf))
+            d2min = q.new_full((B, Q), math.inf)
+            todo = query_mask
+        else:
+            st = self._state
+            q0 = st["q0"]
+            dq = q - q0
+            delta = torch.sqrt(dq[..., 0] * dq[..., 0] + dq[..., 1] * dq[..., 1] + dq[..., 2] * dq[..., 2])
+            size = torch.maximum(torch.maximum(q0[..., 0].abs(), q0[..., 1].abs()), q0[..., 2].abs())
+            margin = 64 * torch.finfo(q.dtype).eps * (size + st["r"] + self.bound)
+            # quick test: the current winner is still the nearest if it is closer than every other candidate
+            # (at least s1, or s0 if the winner is not the first candidate, at q0) and every other point can be
+            ew = q - st["wxyz"]
+            d2min = ew[..., 0] * ew[..., 0] + ew[..., 1] * ew[..., 1] + ew[..., 2] * ew[..., 2]
+            low = torch.where(st["win"] == 0, st["s1"], st["s0"]) - delta - margin
+            quick = (low > 0) & (d2min < low * low)
+            # the rest: closest of all candidates, proven if closer than every non-candidate (r - delta)
+            qb, qi = torch.nonzero(query_mask & ~quick, as_tuple=True)
+            todo = torch.zeros_like(query_mask)
+            if qb.numel():
+                xyz = st["xyz"][qb, qi]
+                dm, j = self._closest(q[qb, qi], xyz)
+                lower = (st["r"] - delta - margin)[qb, qi]
+                far = self.max_distance + margin[qb, qi]
+                decided = ((lower > 0) & (dm < lower * lower)) | ((dm > far * far) & (lower > far))
+                d2min[qb, qi] = dm
+                self._set_winner(qb, qi, j, xyz)
+                todo[qb[~decided], qi[~decided]] = True
+        qb, qi = torch.nonzero(todo, as_tuple=True)
+        if qb.numel():
+            d2min[qb, qi], _ = self._search(q, qb, qi)
+        d2min = torch.where(query_mask, d2min, torch.full_like(d2min, math.inf))
+        rows = self._state["rows"]
+        j = self._state["win"]
+        valid = query_mask & (d2min <= self.max_distance * self.max_distance)
+        idx = torch.gather(rows, -1, j[..., None])[..., 0]
+        return torch.where(valid, idx, torch.zeros_like(idx)), valid

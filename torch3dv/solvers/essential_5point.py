@@ -55,8 +55,9 @@ from torch import Tensor
 from torch3dv._checks import check_matching_points
 from torch3dv.linalg.polynomial import real_roots_list
 
-# problems per chunk; not a multiple of a large power of two: strided copies and gathers over the batch axis
-# of the entry-major temporaries are several times slower there (cache-set conflicts)
+# problems per chunk and CPU thread (cache-sized work for each thread: one thread is fastest at 4000, two at
+# about 8000); not a multiple of a large power of two: strided copies and gathers over the batch axis of the
+# entry-major temporaries are several times slower there (cache-set conflicts)
 _CHUNK = 4000
 _POLISH_STEPS = 2
 _POLISH_TOL = 1e3  # residual (units of eps) above which a solution is polished
@@ -516,8 +517,9 @@ def essential_5point(x1n: Tensor, x2n: Tensor) -> EssentialSolutions:
     x2 = torch.where(finite[:, None, None], x2, torch.zeros_like(x2))
     E = x1.new_zeros(n * 10, 9)
     valid = torch.zeros(n * 10, dtype=torch.bool, device=x1.device)
-    for s in range(0, n, _CHUNK):
-        a, b = x1[s:s + _CHUNK].detach().to(work), x2[s:s + _CHUNK].detach().to(work)
+    chunk = _CHUNK * (min(4, max(1, torch.get_num_threads())) if x1.device.type == "cpu" else 1)
+    for s in range(0, n, chunk):
+        a, b = x1[s:s + chunk].detach().to(work), x2[s:s + chunk].detach().to(work)
         k = a.shape[0]
         if k % 64 == 0:  # pad with 8 degenerate (all-zero) problems, see _CHUNK
             a, b = torch.cat([a, a.new_zeros(8, 5, 2)]), torch.cat([b, b.new_zeros(8, 5, 2)])

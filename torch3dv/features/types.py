@@ -1,8 +1,9 @@
 """Typed, batched results of feature extraction and matching (padded tensors plus masks).
 
 Pixels follow the README conventions: the centre of the top-left pixel is (0, 0). Every wrapper converts its
-backend's keypoints to that frame exactly once (kornia's DISK, ALIKED and SIFT already use it; LoFTR's
-reference frame is shifted by half a pixel and is converted in :mod:`torch3dv.features.loftr`).
+backend's keypoints to that frame exactly once (kornia's DISK, ALIKED and SIFT already use it; the frames of LoFTR
+and EfficientLoFTR are shifted by half a pixel and are converted in :mod:`torch3dv.features.matchers` and
+:mod:`torch3dv.features.efficientloftr`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 ``build_model(name, "tiny")`` builds a random-weight model for tests; ``from_pretrained(name, path)`` builds the
 official architecture and loads a local safetensors file or official checkpoint (key mappings are documented per
-model in :mod:`torch3dv.models.kornia_models`); ``save_pretrained`` writes safetensors that load back.
+model in :mod:`torch3dv.models.kornia_models` and :mod:`torch3dv.models.efficientloftr`, which also reads
+transformers folders); ``save_pretrained`` writes safetensors that load back.
 See :mod:`torch3dv.models.registry` for the lookup rules (``$TORCH3DV_WEIGHTS``) and how other modules register.
 """
 

@@ -35,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 # Modules that register models on import. A missing module is skipped; add new providers here.
-_PROVIDERS: tuple[str, ...] = ("torch3dv.models.kornia_models", "torch3dv.models.roma")
+_PROVIDERS: tuple[str, ...] = ("torch3dv.models.kornia_models", "torch3dv.models.roma",
+                               "torch3dv.models.efficientloftr")
 
 WEIGHTS_ENV = "TORCH3DV_WEIGHTS"
 _FORMAT_TAG = "torch3dv"
@@ -63,6 +64,10 @@ class ModelSpec:
             dropped (e.g. unused parameters of an older release).
         package_files: (python package, relative path) pairs of weights shipped inside installed packages.
         description: one line.
+        loader: optional ``(weight file, config) -> nn.Module | None`` that :func:`from_pretrained` tries first, for
+            formats that carry their own architecture (e.g. a transformers folder with ``config.json``); it returns
+            None to leave the file to the generic reader, and raises :class:`WeightsError` naming missing /
+            unexpected keys.
     """
 
     name: str
@@ -76,6 +81,7 @@ class ModelSpec:
     package_files: tuple[tuple[str, str], ...] = ()
     description: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    loader: Callable[[Path, str | Mapping[str, Any]], nn.Module | None] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -94,6 +100,7 @@ def register_model(
     ignored_keys: tuple[str, ...] = (),
     package_files: tuple[tuple[str, str], ...] = (),
     description: str = "",
+    loader: Callable[[Path, str | Mapping[str, Any]], nn.Module | None] | None = None,
 ) -> Callable[[Callable[[dict], nn.Module]], Callable[[dict], nn.Module]]:
     """Decorator registering ``build(config) -> nn.Module`` under ``name`` (see :class:`ModelSpec`).
 
@@ -113,7 +120,8 @@ def register_model(
         if missing:
             raise ValueError(f"model {name!r}: configs must include {sorted(missing)}")
         _REGISTRY[name] = ModelSpec(name, build, dict(configs), tuple(filenames), convert, key_mapping,
-                                    tuple(derived_keys), tuple(ignored_keys), tuple(package_files), description)
+                                    tuple(derived_keys), tuple(ignored_keys), tuple(package_files), description,
+                                    loader=loader)
         return build
 
     return deco
@@ -315,6 +323,10 @@ def from_pretrained(
     """
     spec = get_spec(name)
     file = resolve_weights(name, path)
+    if spec.loader is not None:
+        model = spec.loader(file, config)
+        if model is not None:
+            return model.to(device=device, dtype=dtype).eval()
     obj, meta = read_checkpoint(file)
     sd = _state_dict_of(spec, obj, meta)
     model = spec.build(_config(spec, config))

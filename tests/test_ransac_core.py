@@ -94,3 +94,5 @@ def test_options_validation():
         RansacOptions(threshold=-1.0)
     with pytest.raises(ValueError):
         RansacOptions(confidence=1.0)
+    with pytest.raises(ValueError):
+        RansacOptions(trials_multiplier=0.0)

@@ -69,7 +69,7 @@ def truncated_loss(s: Tensor, scale: float = 1.0) -> tuple[Tensor, Tensor]:
     """Truncated quadratic (MSAC) loss on the squared norm ``s``; returns (rho, rho')."""
     c2 = scale * scale
     inside = s < c2
-    return torch.where(inside, s, torch.full_like(s, c2)), inside.to(s.dtype)
+    return torch.where(inside, s, torch.as_tensor(c2, dtype=s.dtype, device=s.device)), inside.to(s.dtype)
 
 
 _BY_NAME = {"trivial": trivial_loss, "huber": huber_loss, "soft_l1": soft_l1_loss, "cauchy": cauchy_loss,

@@ -5,8 +5,16 @@ model's minimal solver, scores every solution against every point of its problem
 problem. Each problem stops on its own (adaptive termination from its best inlier ratio and the requested
 confidence) while the others continue; only unfinished problems are computed in later rounds. Problems are
 processed in chunks so that the (problems x hypotheses x solutions x points) residual tensor stays below
-``max_elements``. Afterwards, local optimisation (iterated weighted refits on the inliers, LO-RANSAC) and an
-optional final polish (Levenberg-Marquardt via the model) run batched over all problems.
+``max_elements``.
+
+Local optimisation (LO-RANSAC) runs inside the loop on every new best *minimal* model of a problem (a
+hypothesis that beats the earlier minimal models, as in PoseLib / RansacLib): a weighted non-minimal refit on
+its inliers, then, for models with a ``local_refine`` step (the essential-matrix model: Levenberg-Marquardt on
+the pose with the truncated Sampson loss over the points within a few thresholds), a nonlinear refinement; the
+refined model replaces the best model when it scores higher, and the termination bound follows the best
+model's inlier ratio (times ``trials_multiplier``). Tracking the minimal models separately matters: comparing
+raw hypotheses with already refined scores would almost never trigger LO again after the first one. After the
+loop, iterated weighted refits and an optional final polish (via the model) run batched over all problems.
 
 Models implement :class:`RobustModel`; see ``torch3dv.ransac.models`` for the built-in ones.
 """
@@ -37,7 +45,8 @@ class RansacOptions:
             problem's termination bound still asks for (rounded up to a multiple of 8), at most H * 2^r in its
             round r and at most 16 H: problems that need many hypotheses get few, large solver calls.
         score: "inliers", "msac" or "magsac" (MAGSAC++).
-        local_optimization: LO iterations (weighted refits on the inliers of the best model); 0 disables.
+        local_optimization: LO iterations after the loop (weighted refits on the inliers of the best model);
+            0 disables LO altogether, also the LO on each new best minimal model inside the loop.
         final_refine: run the model's nonlinear polish (e.g. LM on Sampson error) on the final inliers.
         prosac_growth: when match scores are given, hypotheses over which the sampling pool grows from the best
             matches to all of them (PROSAC-style); 0 disables.
@@ -47,6 +56,8 @@ class RansacOptions:
         preemptive_keep: hypotheses per problem and round that reach full scoring.
         max_elements: memory bound: residual entries evaluated at once (problems x hypotheses x solutions x N).
         seed: base seed; problem i uses seed + i unless per-problem seeds are passed.
+        trials_multiplier: factor on the adaptive termination bound (PoseLib uses 3); more hypotheses, a
+            slightly better chance of finding the best basin at high outlier ratios, proportionally more time.
     """
 
     threshold: float = 1.0
@@ -62,6 +73,7 @@ class RansacOptions:
     preemptive_keep: int = 4
     max_elements: int = 1 << 22
     seed: int = 0
+    trials_multiplier: float = 1.0
 
     def __post_init__(self):
         if self.score not in SCORES:
@@ -70,6 +82,8 @@ class RansacOptions:
             raise ValueError("confidence must be in (0, 1)")
         if self.threshold <= 0 or not math.isfinite(self.threshold):
             raise ValueError("threshold must be positive and finite")
+        if not (self.trials_multiplier > 0 and math.isfinite(self.trials_multiplier)):
+            raise ValueError("trials_multiplier must be positive and finite")
         if self.hypotheses_per_round < 1 or self.max_iterations < 1:
             raise ValueError("hypotheses_per_round and max_iterations must be >= 1")
 
@@ -99,6 +113,10 @@ class RobustModel(Protocol):
                ctx: tuple[Tensor, ...]) -> Tensor:
         """Nonlinear refinement of params (M, *param_shape) on weighted data; returns refined params."""
 
+    # Optional: models with ``lo_iterations > 0`` also provide
+    # ``local_refine(params (M, *param_shape), data, near (M, N) bool, ctx, threshold (M,)) -> (params, ok (M,))``,
+    # the nonlinear step of the LO on each new best minimal model (robust loss at ``threshold`` over ``near``).
+
 
 class RansacOutput(NamedTuple):
     """Result of :func:`ransac` for M problems.
@@ -121,6 +139,7 @@ class RansacOutput(NamedTuple):
 _SUBSET_STREAM = 1 << 20  # round offset that separates the preemptive-subset draws from the sample draws
 _QUANTUM = 8  # round sizes after the first are multiples of this
 _GROWTH_LOG2 = 4  # round sizes grow up to H * 2^4 for problems that need many hypotheses
+_LO_RADIUS = 3.0  # the nonlinear LO step sees the points within this many thresholds of the model it starts from
 
 
 def required_iterations(inlier_ratio: Tensor, k: int, confidence: float) -> Tensor:
@@ -186,6 +205,7 @@ def ransac(
 
     best = torch.zeros(M, *model.param_shape, dtype=ref.dtype, device=device)
     best_score = torch.full((M,), -math.inf, dtype=ref.dtype, device=device)
+    best_minimal = torch.full((M,), -math.inf, dtype=ref.dtype, device=device)  # best unrefined score
     best_count = torch.zeros(M, dtype=torch.int64, device=device)
     done = torch.zeros(M, dtype=torch.int64, device=device)
     needed = torch.full((M,), float(options.max_iterations), dtype=torch.float64, device=device)
@@ -269,29 +289,40 @@ def ransac(
                 sc = score_residuals(r2, v_I[:, None, :], th[I][:, None], options.score, model.dof)
                 sc = torch.where(pvalid, sc, torch.full_like(sc, -math.inf))
                 top, arg = sc.max(dim=-1)
-                better = top > best_score[I]
+                # LO runs on each new best *minimal* model (compared with the earlier minimal models, not with
+                # refined ones, as in PoseLib / RansacLib); the refined model then competes with the best so far
+                better = top > best_minimal[I]
                 if better.any():
                     bI = I[better]
+                    best_minimal[bI] = top[better]
                     pb, sb, r2b = params[better, arg[better]], top[better], r2[better, arg[better]]
                     if options.local_optimization > 0:
-                        # LO-RANSAC: one weighted refit on the inliers of each new best minimal model
+                        # LO-RANSAC on each new best minimal model: a weighted refit on its inliers, then (for
+                        # models that have one) a nonlinear local refinement from the better of the two
                         db = tuple(x[bI] for x in data)
                         cb = tuple(c[bI] for c in ctx)
                         w = inlier_weights(r2b, valid[bI], th[bI], options.score, model.dof)
-                        cand, ok = model.refit(db, w, cb)
-                        ok = ok & torch.isfinite(cand.flatten(1)).all(-1)
-                        cr2 = model.residuals(cand[:, None], db, cb)[:, 0]
-                        cs = score_residuals(cr2, valid[bI], th[bI], options.score, model.dof)
-                        take = ok & (cs > sb)
-                        pb = torch.where(take.reshape((-1,) + (1,) * len(model.param_shape)), cand, pb)
-                        sb = torch.where(take, cs, sb)
-                        r2b = torch.where(take[:, None], cr2, r2b)
+                        steps = [lambda p_: model.refit(db, w, cb)]
+                        if getattr(model, "lo_iterations", 0) > 0:
+                            steps.append(lambda p_: model.local_refine(
+                                p_, db, valid[bI] & (r2b < (_LO_RADIUS * th[bI][:, None]) ** 2), cb, th[bI]))
+                        for step in steps:
+                            cand, ok = step(pb)
+                            ok = ok & torch.isfinite(cand.flatten(1)).all(-1)
+                            cr2 = model.residuals(cand[:, None], db, cb)[:, 0]
+                            cs = score_residuals(cr2, valid[bI], th[bI], options.score, model.dof)
+                            take = ok & (cs > sb)
+                            pb = torch.where(take.reshape((-1,) + (1,) * len(model.param_shape)), cand, pb)
+                            sb = torch.where(take, cs, sb)
+                            r2b = torch.where(take[:, None], cr2, r2b)
+                    imp = sb > best_score[bI]
+                    bI, pb, sb, r2b = bI[imp], pb[imp], sb[imp], r2b[imp]
                     best[bI] = pb
                     best_score[bI] = sb
                     cnt = inlier_mask(r2b, valid[bI], th[bI]).sum(-1)
                     best_count[bI] = cnt
                     ratio = cnt.double() / n_valid[bI].clamp_min(1).double()
-                    needed[bI] = required_iterations(ratio, k, options.confidence)
+                    needed[bI] = required_iterations(ratio, k, options.confidence) * options.trials_multiplier
             done[act] += want[act]
             rounds[act] += 1
 

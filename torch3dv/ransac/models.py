@@ -13,7 +13,10 @@ import torch
 from torch import Tensor
 
 from torch3dv.camera.pinhole import intrinsics_inverse
-from torch3dv.solvers.essential import essential_5point, essential_8point
+from torch3dv.optim.losses import truncated_loss
+from torch3dv.linalg.skew import skew
+from torch3dv.solvers.essential import decompose_essential, essential_5point, essential_8point
+from torch3dv.solvers.relative_pose_refine import refine_relative_pose_inv
 from torch3dv.solvers.fundamental import fundamental_7point, fundamental_8point
 from torch3dv.solvers.homography import homography_4point, homography_dlt
 from torch3dv.solvers.pnp import epnp, p3p, refine_pnp
@@ -30,6 +33,21 @@ def _E_to_F(E: Tensor, K1inv: Tensor, K2inv: Tensor) -> Tensor:
     return K2inv.transpose(-1, -2)[:, None] @ E @ K1inv[:, None]
 
 
+def _compact(mask: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
+    """Moves the rows where ``mask`` (M, N) is True to the front of each (M, N, d) tensor and cuts the padding to
+    the largest count; returns the cut tensors and their 0/1 weights (M, K)."""
+    K = max(1, int(mask.sum(-1).max())) if mask.numel() else 1
+    idx = torch.argsort((~mask).to(torch.uint8), dim=-1, stable=True)[:, :K]
+    out = tuple(torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1])) for x in xs)
+    return out + (torch.gather(mask, 1, idx).to(xs[0].dtype),)
+
+
+def _truncated_at(threshold: Tensor):
+    """Truncated quadratic loss with per-problem thresholds (M,) for (M, N) squared residuals."""
+    c = threshold[:, None]
+    return lambda s_: truncated_loss(s_, c)
+
+
 class EssentialModel:
     """E from normalised coordinates; residual: squared Sampson error in pixels.
 
@@ -41,8 +59,9 @@ class EssentialModel:
     param_shape = (3, 3)
     dof = 4
 
-    def __init__(self, polish_iterations: int = 3):
+    def __init__(self, polish_iterations: int = 3, lo_iterations: int = 5):
         self.polish_iterations = polish_iterations
+        self.lo_iterations = lo_iterations
 
     def minimal(self, sample, ctx):
         sol = essential_5point(sample[0], sample[1])
@@ -55,6 +74,16 @@ class EssentialModel:
     def refit(self, data, weights, ctx):
         r = essential_8point(data[0], data[1], weights=weights)
         return r.E, r.success
+
+    def local_refine(self, params, data, near, ctx, threshold):
+        """LO step: LM on the pose with the truncated (MSAC) Sampson loss over the ``near`` points (M, N) bool
+        (those within a few thresholds of the current model); params (M, 3, 3) -> (E (M, 3, 3), ok (M,))."""
+        R, t = decompose_essential(params)
+        x1, x2, w = _compact(near, data[2], data[3])
+        # the Sampson error does not depend on which of the four decompositions is used
+        ref = refine_relative_pose_inv(R[:, 0], t[:, 0], x1, x2, ctx[0], ctx[1], weights=w,
+                                       iterations=self.lo_iterations, loss=_truncated_at(threshold))
+        return skew(ref.t) @ ref.R, ref.success
 
     def polish(self, params, data, weights, ctx):
         E = params

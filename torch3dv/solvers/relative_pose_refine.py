@@ -120,7 +120,23 @@ def refine_relative_pose(
         where the weight is positive (no cheirality test here), ``success`` is False where the LM could not
         evaluate a finite cost.
     """
-    K1inv, K2inv = intrinsics_inverse(K1), intrinsics_inverse(K2)
+    return refine_relative_pose_inv(R, t, x1, x2, intrinsics_inverse(K1), intrinsics_inverse(K2), weights,
+                                    iterations, loss, loss_scale)
+
+
+def refine_relative_pose_inv(
+    R: Tensor,
+    t: Tensor,
+    x1: Tensor,
+    x2: Tensor,
+    K1inv: Tensor,
+    K2inv: Tensor,
+    weights: Tensor | None = None,
+    iterations: int = 10,
+    loss: str = "trivial",
+    loss_scale: float | Tensor = 1.0,
+) -> RelativePose:
+    """:func:`refine_relative_pose` with inverse intrinsics ``K1inv, K2inv`` (M, 3, 3) instead of K1, K2."""
     if weights is None:
         weights = torch.ones(x1.shape[:-1], dtype=x1.dtype, device=x1.device)
     def residual_fn(params):
@@ -128,7 +144,7 @@ def refine_relative_pose(
 
     t0 = t / t.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(t.dtype).tiny)
     needs_grad = torch.is_grad_enabled() and any(
-        x.requires_grad for x in (R, t, x1, x2, K1, K2, weights))
+        x.requires_grad for x in (R, t, x1, x2, K1inv, K2inv, weights))
     res = levenberg_marquardt(residual_fn, (R, t0), _retract,
                               LMOptions(max_iterations=iterations, loss=loss, loss_scale=loss_scale,
                                         grad_mode="implicit" if needs_grad else "none"),

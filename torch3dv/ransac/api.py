@@ -30,10 +30,14 @@ from torch3dv.ransac.models import (
     FundamentalModel,
     HomographyModel,
     RigidModel,
+    _E_to_F,
+    compact_rows,
     sampson_sq,
 )
 from torch3dv.solvers.essential import recover_pose
 from torch3dv.solvers.relative_pose_refine import refine_relative_pose
+
+_NEAR = 3.0  # the final pose refinement sees the points within this many thresholds of RANSAC's model
 
 
 class RelativePoseEstimate(NamedTuple):
@@ -211,8 +215,13 @@ def estimate_relative_pose(
     if opts.final_refine:
         # minimise the Sampson error over the 5-DoF pose (implicit gradients), with the
         # truncated (MSAC) loss over all valid points: the inlier set is re-decided as the pose moves
-        ref = refine_relative_pose(R, t, x1f, x2f, K1f, K2f, weights=valid.to(w.dtype) * w,
-                                   loss="truncated", loss_scale=opts.threshold)
+        # Points beyond a few thresholds of RANSAC's model sit on the flat part of the loss: leave them out.
+        with torch.no_grad():
+            r2 = sampson_sq(_E_to_F(out.params[:, None], ctx[0], ctx[1]), x1f, x2f)[:, 0]
+            near = valid & (r2 < (_NEAR * opts.threshold) ** 2)
+        n1, n2, nw, nm = compact_rows(near, x1f, x2f, w)
+        ref = refine_relative_pose(R, t, n1, n2, K1f, K2f, weights=nm * nw, loss="truncated",
+                                   loss_scale=opts.threshold)
         keep = ref.success[:, None]
         R = torch.where(keep[..., None], ref.R, R)
         t = torch.where(keep, ref.t, t)

@@ -33,13 +33,18 @@ def _E_to_F(E: Tensor, K1inv: Tensor, K2inv: Tensor) -> Tensor:
     return K2inv.transpose(-1, -2)[:, None] @ E @ K1inv[:, None]
 
 
-def _compact(mask: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
-    """Moves the rows where ``mask`` (M, N) is True to the front of each (M, N, d) tensor and cuts the padding to
-    the largest count; returns the cut tensors and their 0/1 weights (M, K)."""
+def compact_rows(mask: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
+    """Moves the rows where ``mask`` (M, N) is True to the front of each (M, N, ...) tensor and cuts all of them
+    to the largest count K; returns the cut tensors (M, K, ...) and the moved mask (M, K) as 0/1 weights in the
+    first tensor's dtype. Differentiable in ``xs`` (a gather)."""
     K = max(1, int(mask.sum(-1).max())) if mask.numel() else 1
     idx = torch.argsort((~mask).to(torch.uint8), dim=-1, stable=True)[:, :K]
-    out = tuple(torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1])) for x in xs)
-    return out + (torch.gather(mask, 1, idx).to(xs[0].dtype),)
+
+    def take(x: Tensor) -> Tensor:
+        i = idx.reshape(idx.shape + (1,) * (x.dim() - 2)).expand(idx.shape + x.shape[2:])
+        return torch.gather(x, 1, i)
+
+    return tuple(take(x) for x in xs) + (torch.gather(mask, 1, idx).to(xs[0].dtype),)
 
 
 def _truncated_at(threshold: Tensor):
@@ -79,7 +84,7 @@ class EssentialModel:
         """LO step: LM on the pose with the truncated (MSAC) Sampson loss over the ``near`` points (M, N) bool
         (those within a few thresholds of the current model); params (M, 3, 3) -> (E (M, 3, 3), ok (M,))."""
         R, t = decompose_essential(params)
-        x1, x2, w = _compact(near, data[2], data[3])
+        x1, x2, w = compact_rows(near, data[2], data[3])
         # the Sampson error does not depend on which of the four decompositions is used
         ref = refine_relative_pose_inv(R[:, 0], t[:, 0], x1, x2, ctx[0], ctx[1], weights=w,
                                        iterations=self.lo_iterations, loss=_truncated_at(threshold))

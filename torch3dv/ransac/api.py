@@ -210,7 +210,8 @@ def estimate_relative_pose(
     # the IRLS polish of E is replaced by LM on the pose below, so the model's own polish is off
     out = ransac(EssentialModel(polish_iterations=0), (x1n, x2n, x1f, x2f), ctx, valid, opts, priority=pr,
                  refit_weights=w)
-    pose = recover_pose(out.params, x1n, x2n, mask=out.inliers)
+    i1, i2, im = compact_rows(out.inliers, x1n, x2n)  # cheirality on the inliers only
+    pose = recover_pose(out.params, i1, i2, mask=im > 0)
     R, t = pose.R, pose.t
     if opts.final_refine:
         # minimise the Sampson error over the 5-DoF pose (implicit gradients), with the

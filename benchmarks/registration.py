@@ -2,8 +2,10 @@
 
 Workloads:
     icp_bunny        ICP point-to-point and point-to-plane, bun045 -> bun000 (~40k points each), both libraries
-                     from the same perturbed ground-truth start, the same correspondence distance and exactly the
-                     same number of iterations (convergence criteria disabled).
+                     from the same perturbed ground-truth start, the same correspondence distance, the same target
+                     normals and the same iteration limit, under two convergence criteria: "fixed" (disabled:
+                     exactly --iterations iterations) and "default" (Open3D's ICPConvergenceCriteria defaults,
+                     relative fitness and RMSE changes 1e-6, which torch3dv applies the same way).
     global_3dmatch   FPFH + RANSAC global registration on the GeoTransformer 3DMatch demo pair (voxel 5 cm),
                      repeated with several seeds: success rate (< 5 deg and < 10 cm vs gt.npy) and time.
     batch_synthetic  B synthetic blob pairs with known transforms: one batched torch3dv call vs a loop of Open3D
@@ -12,8 +14,11 @@ Errors are rotation (deg) / translation (mm) vs ground truth. Open3D is a benchm
 (pip install open3d==0.20.0); torch3dv never imports it. torch3dv runs with its default neighbour search
 (SciPy's k-d tree on the CPU when ``torch3dv[fast]`` is installed).
 
-Both libraries run with ``--threads`` threads (the script re-executes itself with OMP_NUM_THREADS set, so that
-Open3D's OpenMP runtime sees it too); each time is the best of ``--reps`` runs, the two libraries interleaved.
+Both libraries run on ``--threads`` CPU cores: the script re-executes itself with OMP_NUM_THREADS set and its
+CPU affinity restricted to that many cores (Open3D 0.20 otherwise runs parts of its ICP on a thread pool that
+ignores OMP_NUM_THREADS, i.e. on every core once torch is loaded); each time is the best of ``--reps`` runs, the
+two libraries interleaved. Iterations are reported for both: torch3dv returns them; Open3D logs them at debug
+verbosity (counted in one more, untimed run).
 One run writes every row to benchmarks/results/registration.json.
 
 Usage:
@@ -27,6 +32,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -67,6 +73,25 @@ def interleaved(fns, reps=None):
     return list(zip(outs, best))
 
 
+def o3d_iterations(o3d, run) -> int:
+    """Iterations Open3D's ICP ran in ``run()``: it logs one "ICP Iteration #i" line per update at debug
+    verbosity (on the C++ stdout, captured at the file descriptor). Called outside the timed runs."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as f:
+        o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Debug)
+        os.dup2(f.fileno(), 1)
+        try:
+            run()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Warning)
+        f.seek(0)
+        return f.read().decode(errors="replace").count("ICP Iteration #")
+
+
 def _pose(name):
     for line in (DATA / "stanford_bunny_range_scans/data/bun.conf").read_text().splitlines():
         tok = line.split()
@@ -92,28 +117,32 @@ def icp_bunny(o3d, iterations: int, rows: list):
     tg = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(Y.numpy()))
     tg.normals = o3d.utility.Vector3dVector(normals.numpy())
     reg = o3d.pipelines.registration
-    for method, est in (("point_to_point", reg.TransformationEstimationPointToPoint()),
-                        ("point_to_plane", reg.TransformationEstimationPointToPlane())):
-        opts = ICPOptions(method=method, max_correspondence_distance=dist, max_iterations=iterations,
-                          relative_fitness=-1.0, relative_rmse=-1.0)  # never stop early, like Open3D below
+    # "fixed": convergence disabled (Open3D stops when a change is below 0, never; torch3dv below -1, never)
+    criteria = {"fixed": (-1.0, 0.0), "default": (1e-6, 1e-6)}
+    for crit, (ours_rel, o3d_rel) in criteria.items():
+        for method, est in (("point_to_point", reg.TransformationEstimationPointToPoint()),
+                            ("point_to_plane", reg.TransformationEstimationPointToPlane())):
+            opts = ICPOptions(method=method, max_correspondence_distance=dist, max_iterations=iterations,
+                              relative_fitness=ours_rel, relative_rmse=ours_rel)
 
-        def ours(dtype, opts=opts):
-            Xd, Yd, Nd, init_t = X.to(dtype), Y.to(dtype), normals.to(dtype), torch.from_numpy(init).to(dtype)
-            return lambda: icp(Xd, Yd, init=init_t, target_normals=Nd, options=opts)
+            def ours(dtype, opts=opts):
+                Xd, Yd, Nd, init_t = X.to(dtype), Y.to(dtype), normals.to(dtype), torch.from_numpy(init).to(dtype)
+                return lambda: icp(Xd, Yd, init=init_t, target_normals=Nd, options=opts)
 
-        def theirs(est=est):
-            return reg.registration_icp(s, tg, dist, init, est, reg.ICPConvergenceCriteria(0.0, 0.0, iterations))
+            def theirs(n=iterations, est=est, rel=o3d_rel):
+                return reg.registration_icp(s, tg, dist, init, est, reg.ICPConvergenceCriteria(rel, rel, n))
 
-        (r64, t64), (r32, t32), (ro, to) = interleaved([ours(torch.float64), ours(torch.float32), theirs])
-        for dtype, rt, tt in ((torch.float64, r64, t64), (torch.float32, r32, t32)):
-            rows.append(dict(workload="icp_bunny", method=method, lib=f"torch3dv {str(dtype)[6:]}", time_s=tt,
-                             rot_deg=rot_err_deg(rt.R.double().numpy(), R1),
-                             trans_mm=1000 * float(np.linalg.norm(rt.t.double().numpy() - t1)),
-                             fitness=float(rt.fitness), iterations=int(rt.num_iterations)))
-        E = ro.transformation
-        rows.append(dict(workload="icp_bunny", method=method, lib="open3d", time_s=to,
-                         rot_deg=rot_err_deg(E[:3, :3], R1), trans_mm=1000 * float(np.linalg.norm(E[:3, 3] - t1)),
-                         fitness=float(ro.fitness), iterations=iterations))
+            (r64, t64), (r32, t32), (ro, to) = interleaved([ours(torch.float64), ours(torch.float32), theirs])
+            for dtype, rt, tt in ((torch.float64, r64, t64), (torch.float32, r32, t32)):
+                rows.append(dict(workload="icp_bunny", criteria=crit, method=method, lib=f"torch3dv {str(dtype)[6:]}",
+                                 time_s=tt, rot_deg=rot_err_deg(rt.R.double().numpy(), R1),
+                                 trans_mm=1000 * float(np.linalg.norm(rt.t.double().numpy() - t1)),
+                                 fitness=float(rt.fitness), iterations=int(rt.num_iterations)))
+            E = ro.transformation
+            n_o3d = o3d_iterations(o3d, theirs)
+            rows.append(dict(workload="icp_bunny", criteria=crit, method=method, lib="open3d", time_s=to,
+                             rot_deg=rot_err_deg(E[:3, :3], R1), trans_mm=1000 * float(np.linalg.norm(E[:3, 3] - t1)),
+                             fitness=float(ro.fitness), iterations=n_o3d))
 
 
 def global_3dmatch(o3d, seeds: int, rows: list):
@@ -162,25 +191,30 @@ def global_3dmatch(o3d, seeds: int, rows: list):
 def batch_synthetic(o3d, batch: int, rows: list):
     sc = blob_pair(batch=batch, num_points=5000, max_angle=math.radians(15), max_translation=0.05,
                    same_samples=False, noise=0.001, seed=0)
-    opts = ICPOptions(method="point_to_plane", max_correspondence_distance=0.05, max_iterations=30)
+    # the same options in both: 30 iterations at most, Open3D's default convergence criteria, normals from 20
+    # neighbours estimated by each library (included in the time)
+    opts = ICPOptions(method="point_to_plane", max_correspondence_distance=0.05, max_iterations=30,
+                      relative_fitness=1e-6, relative_rmse=1e-6, num_neighbors=20)
     reg = o3d.pipelines.registration
 
+    def pair(i, n=30):
+        s = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(sc.source[i].numpy()))
+        t = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(sc.target[i].numpy()))
+        t.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(20))
+        return reg.registration_icp(s, t, 0.05, np.eye(4), reg.TransformationEstimationPointToPlane(),
+                                    reg.ICPConvergenceCriteria(1e-6, 1e-6, n)).transformation
+
     def loop():
-        out = []
-        for i in range(batch):
-            s = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(sc.source[i].numpy()))
-            t = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(sc.target[i].numpy()))
-            t.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(20))
-            out.append(reg.registration_icp(s, t, 0.05, np.eye(4), reg.TransformationEstimationPointToPlane(),
-                                            reg.ICPConvergenceCriteria(1e-6, 1e-6, 30)).transformation)
-        return np.stack(out)
+        return np.stack([pair(i) for i in range(batch)])
 
     (rt, tt), (Eo, to) = interleaved([lambda: icp(sc.source, sc.target, options=opts), loop])
-    for lib, R, t, tm in (("torch3dv", rt.R.numpy(), rt.t.numpy(), tt), ("open3d", Eo[:, :3, :3], Eo[:, :3, 3], to)):
+    its_o3d = o3d_iterations(o3d, loop)
+    for lib, R, t, tm, its in (("torch3dv", rt.R.numpy(), rt.t.numpy(), tt, int(rt.num_iterations.sum())),
+                               ("open3d", Eo[:, :3, :3], Eo[:, :3, 3], to, its_o3d)):
         re = [rot_err_deg(R[i], sc.R[i].numpy()) for i in range(batch)]
         te = [1000 * float(np.linalg.norm(t[i] - sc.t[i].numpy())) for i in range(batch)]
-        rows.append(dict(workload=f"batch_synthetic B={batch}", method="point_to_plane", lib=lib, time_s=tm,
-                         rot_deg=float(np.max(re)), trans_mm=float(np.max(te))))
+        rows.append(dict(workload=f"batch_synthetic B={batch}", criteria="default", method="point_to_plane", lib=lib,
+                         time_s=tm, rot_deg=float(np.max(re)), trans_mm=float(np.max(te)), iterations=its))
 
 
 def main() -> None:
@@ -193,9 +227,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="timed runs per measurement (best is kept)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    if os.environ.get("OMP_NUM_THREADS") != str(args.threads):
-        # OpenMP reads the variable once at start-up: re-execute so that Open3D sees the same thread count
+    cores = set(sorted(os.sched_getaffinity(0))[:args.threads]) if hasattr(os, "sched_getaffinity") else None
+    if os.environ.get("OMP_NUM_THREADS") != str(args.threads) or (cores and os.sched_getaffinity(0) != cores):
+        # OpenMP reads the variable once at start-up, and a thread inherits the CPU affinity it is created with:
+        # re-execute, so that every thread of both libraries (Open3D's TBB pool included) runs on those cores
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        if cores:
+            os.sched_setaffinity(0, cores)
         os.execv(sys.executable, [sys.executable, *sys.argv])
     torch.set_num_threads(args.threads)
     global REPS
@@ -211,8 +249,8 @@ def main() -> None:
         global_3dmatch(o3d, args.seeds, rows)
     if "batch_synthetic" in args.workloads:
         batch_synthetic(o3d, args.batch, rows)
-    print_table(rows, ["workload", "method", "lib", "time_s", "rot_deg", "trans_mm", "fitness", "iterations",
-                       "success"])
+    print_table(rows, ["workload", "criteria", "method", "lib", "time_s", "rot_deg", "trans_mm", "fitness",
+                       "iterations", "success"])
     try:
         import scipy
 
@@ -222,6 +260,8 @@ def main() -> None:
     path = write_json("registration", {"rows": rows, "open3d": o3d.__version__, "scipy": scipy_version,
                                        "threads": args.threads, "reps": args.reps,
                                        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                                       "cpu_affinity": sorted(os.sched_getaffinity(0))
+                                       if hasattr(os, "sched_getaffinity") else None,
                                        "args": vars(args)}, args.out)
     print(f"wrote {path}")
 

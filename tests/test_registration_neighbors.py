@@ -88,7 +88,8 @@ def test_grid_hint_and_far_queries():
 
 @needs_scipy
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_tracker_equals_fresh_search(dtype):
+@pytest.mark.parametrize("candidates", [1, 2, 4])
+def test_tracker_equals_fresh_search(dtype, candidates):
     # queries moving by shrinking rigid motions (as in ICP): the cached candidates give the exact answer
     P, g = _cloud(2, 2000, 4, dtype=dtype)
     pm = torch.rand(2, 2000, generator=g) > 0.1
@@ -96,7 +97,7 @@ def test_tracker_equals_fresh_search(dtype):
     q0[..., 2] *= 0.05
     qm = torch.rand(2, 1000, generator=g) > 0.1
     index = NeighborIndex(P, pm, method="kdtree")
-    tracker = NearestTracker(index, 0.03)
+    tracker = NearestTracker(index, 0.03, candidates=candidates)
     for it in range(10):
         R = axis_angle_to_matrix(0.02 / (1 + it) * torch.randn(3, generator=g, dtype=dtype))
         q = q0 @ R.T + 0.003 / (1 + it) * torch.randn(3, generator=g, dtype=dtype)
@@ -105,7 +106,8 @@ def test_tracker_equals_fresh_search(dtype):
         assert torch.equal(valid, ref.valid[..., 0])
         assert ((idx != ref.indices[..., 0]) & valid).sum() <= 1  # ties
         assert not idx[~valid].any()
-    assert tracker.searched < 0.5 * 10 * int(qm.sum())  # most queries were answered from the cache
+    if candidates == 4:
+        assert tracker.searched < 0.5 * 10 * int(qm.sum())  # most queries were answered from the cache
 
 
 def test_method_selection_and_optional_scipy(monkeypatch):

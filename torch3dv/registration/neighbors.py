@@ -528,69 +528,143 @@ def radius_search(
     return knn(query, points, max_neighbors, query_mask, points_mask, max_distance=radius, method=method)
 
 
-class NearestTracker:
-    """Exact nearest indexed point of queries that move a little between calls (ICP's correspondences).
+def _sqnorm(e: Tensor) -> Tensor:
+    """Squared length over a last axis of size 3 (written out: faster than ``(e * e).sum(-1)`` on CPU)."""
+    return e[..., 0] * e[..., 0] + e[..., 1] * e[..., 1] + e[..., 2] * e[..., 2]
 
-    With the k-d tree, every query keeps the ``candidates`` nearest points (within ``1.5 max_distance``) found
-    the last time it was searched, at q: no other point is closer to q than r, the distance of the last of them
-    (or the search bound when fewer were found). At the query's new position q' (delta = |q' - q|) every other
-    point is at least r - delta away (triangle inequality), so the closest candidate is the nearest point when
-    its distance is below r - delta, and there is no point within ``max_distance`` when both that distance and
-    r - delta exceed it. The same argument with the second-smallest candidate distance at q (or the smallest,
-    when the current answer is not the first candidate) settles most queries from the current answer alone,
-    without looking at the others. Only the queries left undecided (all of them on the first call) are searched
-    again.
-    The tests carry a margin of 64 rounding units of the query dtype (relative to the coordinates), so the
-    answers are those of a fresh search up to points tied within rounding. With other methods every query is
-    searched on every call.
+
+def _spread_bits(x: Tensor) -> Tensor:
+    """The 10 low bits of int64 ``x`` moved to every third bit (for a 30-bit Morton code)."""
+    x = x & 0x3FF
+    x = (x | (x << 16)) & 0x030000FF
+    x = (x | (x << 8)) & 0x0300F00F
+    x = (x | (x << 4)) & 0x030C30C3
+    return (x | (x << 2)) & 0x09249249
+
+
+def _morton_order(q: Tensor, cloud: Tensor, mask: Tensor) -> Tensor:
+    """Permutation of flat points q (T, 3) that groups them by cloud and, within a cloud, along a Z-order curve
+    over their bounding box (masked points last): neighbouring queries then walk the same branches of the tree.
+    """
+    qm = torch.where(mask[:, None], q, torch.zeros((), dtype=q.dtype))
+    lo = torch.where(mask[:, None], q, torch.full((), math.inf, dtype=q.dtype)).amin(0)
+    hi = torch.where(mask[:, None], q, torch.full((), -math.inf, dtype=q.dtype)).amax(0)
+    ext = float((hi - lo).amax()) if bool(mask.any()) else 0.0
+    cell = ((qm - lo) * (1023.0 / max(ext, 1e-30))).clamp(0, 1023).long()
+    code = _spread_bits(cell[:, 0]) | (_spread_bits(cell[:, 1]) << 1) | (_spread_bits(cell[:, 2]) << 2)
+    code = torch.where(mask, code, torch.full_like(code, 1 << 30))
+    return torch.argsort((cloud << 31) | code)
+
+
+class NearestTracker:
+    """Exact nearest indexed point of queries that move between calls (ICP's correspondences).
+
+    With the k-d tree, every query keeps what its last search found at its position q0 then: the nearest point
+    w at distance s0 and a lower bound s1 on the distance of every other point (the second nearest within
+    ``1.5 max_distance``, or that bound). At the new position q (delta = |q - q0|) every point other than w is
+    at least s1 - delta away and every point at least s0 - delta away (triangle inequality), so w is still the
+    nearest when |q - w| < s1 - delta, and there is no point within ``max_distance`` when s0 - delta exceeds
+    it. Only the queries that neither test settles (all of them on the first call) are searched again.
+
+    Queries are kept in Z-order of their first position, so that those searched together are close in space
+    (an unordered cloud searches about twice as fast so). Every distance compared is a difference of
+    coordinates held exactly in the query dtype, so its rounding error is relative to the distance itself; the
+    tests carry a margin of 64 rounding units of twice the search bound, and the answers are those of a fresh
+    search up to points tied within rounding. With other methods every query is searched on every call.
 
     Args:
         index: :class:`NeighborIndex` over the fixed points, flat batch (B, N, 3).
         max_distance: neighbours farther than this (metres) are not matches.
-        candidates: points kept per query.
     """
 
     def __init__(self, index: NeighborIndex, max_distance: float, candidates: int = 4):
         self.index = index
         self.max_distance = float(max_distance)
         self.bound = 1.5 * self.max_distance
-        self.k = int(candidates)
-        self._state = None  # q (B, Q, 3), cand rows (B, Q, K), cand xyz (B, Q, K, 3), r (B, Q)
+        self.k = max(1, min(int(candidates), index.n))
+        self.margin = 64 * torch.finfo(index.points.dtype).eps * 2 * self.bound
+        self._state: dict | None = None
         self._hint = None
+        self._pts: Tensor | None = None  # (B N, 3) indexed points, flat
+        self.calls = 0
         self.searched = 0  # queries sent to the tree so far (for profiling)
 
-    def _search(self, q: Tensor, qb: Tensor, qi: Tensor):
-        """Searches the queries (qb, qi) at q and stores their candidates; returns their closest candidate."""
+    def _points(self) -> Tensor:
+        if self._pts is None:
+            self._pts = self.index.points.reshape(-1, 3).contiguous()
+        return self._pts
+
+    def _set_winner(self, u: Tensor, j: Tensor):
+        """Makes candidate j the winner of slots u (the query-side test's thresholds included)."""
+        st = self._state
+        K = self.k
+        flat = u * K + j
+        st["j"].index_copy_(0, u, j)
+        st["wxyz"].index_copy_(0, u, st["cxyz"].view(-1, 3).index_select(0, flat))
+        st["row"].index_copy_(0, u, st["crow"].view(-1).index_select(0, flat))
+        # every point but the winner was at least this far from q0: the second candidate's distance if the
+        # winner is the first, the first's otherwise
+        sd = st["sd"].index_select(0, u)
+        other = torch.where(j == 0, sd[:, 1] if K > 1 else st["r"].index_select(0, u), sd[:, 0])
+        st["low"].index_copy_(0, u, other - self.margin)
+
+    def _reanchor(self, u: Tensor, q: Tensor, d2: Tensor, lim: Tensor):
+        """Moves the reference of slots ``u`` to their current position q, where the candidates are at squared
+        distances ``d2`` (U, K) and every other point at least ``lim`` away: the candidates are re-sorted and the
+        closest becomes the winner."""
+        st = self._state
+        d2s, order = torch.sort(d2, dim=1)
+        lim = lim - self.margin  # the rounding of the delta subtracted in lim
+        sd = torch.minimum(d2s.sqrt(), lim[:, None])
+        st["q0"].index_copy_(0, u, q.index_select(0, u))
+        cx = st["cxyz"].index_select(0, u)
+        st["cxyz"].index_copy_(0, u, torch.gather(cx, 1, order[..., None].expand(-1, -1, 3)))
+        st["crow"].index_copy_(0, u, torch.gather(st["crow"].index_select(0, u), 1, order))
+        st["sd"].index_copy_(0, u, sd)
+        st["r"].index_copy_(0, u, lim)
+        st["far"].index_copy_(0, u, sd[:, 0] - (self.margin + self.max_distance))
+        self._set_winner(u, torch.zeros_like(u))
+
+    def _search(self, q: Tensor, u: Tensor, dw2: Tensor):
+        """Searches the slots ``u`` (sorted, hence by cloud) at q and stores their candidates."""
         ix = self.index
-        qs = q[qb, qi]
-        d2, rows = ix._kdtree_flat(qs, qb, self.k, self.bound)
-        ok = torch.isfinite(d2)
-        xyz = ix.points[qb[:, None], rows]  # (T, K, 3)
-        xyz = xyz.masked_fill(~ok[..., None], math.inf)  # no candidate: infinitely far
-        dist = torch.where(ok, d2.sqrt(), torch.full_like(d2, self.bound)).to(q.dtype)
         st = self._state
-        st["q0"][qb, qi] = qs
-        st["rows"][qb, qi] = rows
-        st["xyz"][qb, qi] = xyz
-        st["r"][qb, qi] = dist[:, -1]
-        st["s0"][qb, qi] = dist[:, 0]
-        st["s1"][qb, qi] = dist[:, 1]
-        self.searched += qs.shape[0]
-        d2min, j = self._closest(qs, xyz)
-        self._set_winner(qb, qi, j, xyz)
-        return d2min, j
-
-    def _set_winner(self, qb: Tensor, qi: Tensor, j: Tensor, xyz: Tensor):
-        st = self._state
-        st["win"][qb, qi] = j
-        st["wxyz"][qb, qi] = torch.gather(xyz, 1, j[:, None, None].expand(-1, 1, 3))[:, 0]
-
-    @staticmethod
-    def _closest(q: Tensor, xyz: Tensor) -> tuple[Tensor, Tensor]:
-        e = xyz - q[..., None, :]
-        d2 = e[..., 0] * e[..., 0] + e[..., 1] * e[..., 1] + e[..., 2] * e[..., 2]
-        j = d2.argmin(-1)  # (Tensor.min with indices is slow on small CPU tensors in some builds)
-        return torch.gather(d2, -1, j[..., None])[..., 0], j
+        M, K = ix.n, self.k
+        qs = q.index_select(0, u)
+        qnp = qs.to(torch.float64).numpy()
+        ub = self.bound * (1 + 1e-6)  # a hair beyond: the exact bound is applied in the query dtype
+        workers = max(1, torch.get_num_threads()) if u.numel() >= 4096 else 1
+        U = u.numel()
+        dist = torch.full((U, K), math.inf, dtype=torch.float64)
+        crow = torch.zeros(U, K, dtype=torch.long)
+        if ix.B > 1:
+            counts = torch.bincount(st["cloud"].index_select(0, u), minlength=ix.B).tolist()
+        else:
+            counts = [U]
+        s = 0
+        for (tree, rows), c in zip(ix._build_trees(), counts):
+            if c and tree is not None:
+                kk = min(K, rows.shape[0])
+                dd, ii = tree.query(qnp[s:s + c], k=kk, distance_upper_bound=ub, workers=workers)
+                dist[s:s + c, :kk] = torch.from_numpy(dd).reshape(c, kk)
+                ii = torch.from_numpy(ii).reshape(-1).clamp_max(rows.shape[0] - 1)
+                crow[s:s + c, :kk] = rows.index_select(0, ii).reshape(c, kk)
+            s += c
+        found = torch.isfinite(dist)
+        sd = dist.clamp_max(self.bound).to(q.dtype)
+        P = ix.points.reshape(-1, 3)
+        flat = (crow + st["cloud"].index_select(0, u)[:, None] * M).view(-1)
+        cxyz = P.index_select(0, flat).view(U, K, 3).masked_fill_(~found[..., None], math.inf)
+        st["q0"].index_copy_(0, u, qs)
+        st["cxyz"].index_copy_(0, u, cxyz)
+        st["crow"].index_copy_(0, u, crow)
+        st["sd"].index_copy_(0, u, sd)
+        # no point other than the candidates is closer to q0 than r
+        st["r"].index_copy_(0, u, sd[:, -1] - self.margin)
+        st["far"].index_copy_(0, u, sd[:, 0] - (self.margin + self.max_distance))
+        self._set_winner(u, torch.zeros(U, dtype=torch.long))
+        dw2.index_copy_(0, u, _sqnorm(qs - cxyz[:, 0]))
+        self.searched += U
 
     def __call__(self, query: Tensor, query_mask: Tensor) -> tuple[Tensor, Tensor]:
         """query (B, Q, 3) in the indexed points' frame, query_mask (B, Q) -> nearest rows (B, Q) int64 (0 where
@@ -603,45 +677,48 @@ class NearestTracker:
             self._hint = nb.indices[..., 0]
             return nb.indices[..., 0], nb.valid[..., 0]
         B, Q = q.shape[:2]
+        T, K = B * Q, self.k
+        qf = q.reshape(T, 3)
+        m = query_mask.reshape(T)
         if self._state is None:
-            K = self.k
-            self._state = dict(q0=q.clone(), rows=torch.zeros(B, Q, K, dtype=torch.long),
-                               xyz=q.new_full((B, Q, K, 3), math.inf), r=q.new_zeros(B, Q), s0=q.new_zeros(B, Q),
-                               s1=q.new_zeros(B, Q), win=torch.zeros(B, Q, dtype=torch.long),
-                               wxyz=q.new_full((B, Q, 3), math.inf))
-            d2min = q.new_full((B, Q), math.inf)
-            todo = query_mask
+            cloud = torch.arange(B).repeat_interleave(Q)
+            perm = _morton_order(qf, cloud, m)
+            z = qf.new_zeros(T)
+            self._state = st = dict(
+                perm=perm, cloud=cloud[perm], q0=qf[perm], cxyz=qf.new_full((T, K, 3), math.inf),
+                crow=torch.zeros(T, K, dtype=torch.long), sd=qf.new_zeros(T, K), j=torch.zeros(T, dtype=torch.long),
+                row=torch.zeros(T, dtype=torch.long), wxyz=qf.new_full((T, 3), math.inf), low=z, r=z.clone(),
+                far=z.clone())
+            qf, m = st["q0"], m[perm]
+            dw2 = qf.new_full((T,), math.inf)
+            todo = torch.nonzero(m)[:, 0]
         else:
             st = self._state
-            q0 = st["q0"]
-            dq = q - q0
-            delta = torch.sqrt(dq[..., 0] * dq[..., 0] + dq[..., 1] * dq[..., 1] + dq[..., 2] * dq[..., 2])
-            size = torch.maximum(torch.maximum(q0[..., 0].abs(), q0[..., 1].abs()), q0[..., 2].abs())
-            margin = 64 * torch.finfo(q.dtype).eps * (size + st["r"] + self.bound)
-            # quick test: the current winner is still the nearest if it is closer than every other candidate
-            # (at least s1, or s0 if the winner is not the first candidate, at q0) and every other point can be
-            ew = q - st["wxyz"]
-            d2min = ew[..., 0] * ew[..., 0] + ew[..., 1] * ew[..., 1] + ew[..., 2] * ew[..., 2]
-            low = torch.where(st["win"] == 0, st["s1"], st["s0"]) - delta - margin
-            quick = (low > 0) & (d2min < low * low)
-            # the rest: closest of all candidates, proven if closer than every non-candidate (r - delta)
-            qb, qi = torch.nonzero(query_mask & ~quick, as_tuple=True)
-            todo = torch.zeros_like(query_mask)
-            if qb.numel():
-                xyz = st["xyz"][qb, qi]
-                dm, j = self._closest(q[qb, qi], xyz)
-                lower = (st["r"] - delta - margin)[qb, qi]
-                far = self.max_distance + margin[qb, qi]
-                decided = ((lower > 0) & (dm < lower * lower)) | ((dm > far * far) & (lower > far))
-                d2min[qb, qi] = dm
-                self._set_winner(qb, qi, j, xyz)
-                todo[qb[~decided], qi[~decided]] = True
-        qb, qi = torch.nonzero(todo, as_tuple=True)
-        if qb.numel():
-            d2min[qb, qi], _ = self._search(q, qb, qi)
-        d2min = torch.where(query_mask, d2min, torch.full_like(d2min, math.inf))
-        rows = self._state["rows"]
-        j = self._state["win"]
-        valid = query_mask & (d2min <= self.max_distance * self.max_distance)
-        idx = torch.gather(rows, -1, j[..., None])[..., 0]
-        return torch.where(valid, idx, torch.zeros_like(idx)), valid
+            perm = st["perm"]
+            qf, m = qf.index_select(0, perm), m.index_select(0, perm)
+            dw2 = _sqnorm(qf - st["wxyz"])
+            delta = _sqnorm(qf - st["q0"]).sqrt_()
+            low = st["low"] - delta
+            # the winner is still the nearest, or nothing is within max_distance
+            done = ((low > 0) & (dw2 < low * low)) | (delta < st["far"])
+            todo = torch.nonzero(m & ~done)[:, 0]
+            if K > 1 and todo.numel():
+                # the closest candidate is the nearest point if it is closer than every other point can be
+                d2 = _sqnorm(st["cxyz"].index_select(0, todo) - qf.index_select(0, todo)[:, None])
+                j = d2.argmin(-1)  # (Tensor.min with indices is slow on small CPU tensors in some builds)
+                dm = torch.gather(d2, 1, j[:, None])[:, 0]
+                lim = st["r"].index_select(0, todo) - delta.index_select(0, todo)
+                ok = (lim > 0) & (dm < lim * lim)
+                if bool(ok.any()):
+                    self._reanchor(todo[ok], qf, d2[ok], lim[ok])
+                    dw2.index_copy_(0, todo[ok], dm[ok])
+                todo = todo[~ok]
+        if todo.numel():
+            self._search(qf, todo, dw2)
+        self.calls += 1
+        valid = m & (dw2 <= self.max_distance * self.max_distance)
+        idx = torch.empty(T, dtype=torch.long)
+        idx[perm] = st["row"].masked_fill(~valid, 0)
+        out_valid = torch.empty(T, dtype=torch.bool)
+        out_valid[perm] = valid
+        return idx.reshape(B, Q), out_valid.reshape(B, Q)

@@ -10,21 +10,29 @@ eigenvalues, fully batched and without a Python loop over problems:
   for the reversed polynomial ``w**m p(1 / w)`` (its coefficients flipped), b = 1 + 2^-6; the second is rescaled
   to ``s = w b^2`` in [-b, b] so that both share one grid. Every real root of ``p``, including one "at
   infinity" when the leading coefficient vanishes, lies in exactly one chart, and every chart is bounded.
-* Isolation by Sturm counts: the Sturm sequence of each chart polynomial is computed once (coefficients, each
-  remainder scaled to unit max-abs), and its sign variations at the points of a coarse grid give the exact number
-  of distinct real roots in every cell (all sequence polynomials are evaluated together: one matrix product with the
-  powers of the grid points where the points are shared, one Horner pass otherwise). Cells holding two or more
-  roots (close pairs are common: about a quarter of the 5-point polynomials have a pair closer than 1/16) are
-  split again, up to ``levels`` times; cells holding one root become brackets. Where a remainder of the sequence loses a degree (the count
-  cannot be trusted, very rare in float64) every first-level cell is split once and sign changes decide.
+* Isolation by Sturm counts, with one Sturm sequence per polynomial (coefficients, no rescaling), computed in its
+  *home* chart: the one whose polynomial has the larger leading coefficient (so no root sits at the home chart's
+  infinity). The signs of its leading coefficients alone give the number of distinct real roots, V(-inf) - V(+inf).
+  The sign changes of p on a fine grid of both charts (one matrix product with the powers of the shared grid points)
+  bracket one root each; where they add up to that number (about 89% of the 5-point polynomials) the isolation
+  is complete. Elsewhere the sequence is evaluated on a coarse grid of both charts: directly in the home chart, and
+  through its reversals ``x^d_k s_k(b^2 / x)`` in the other one (their values have the sign of ``x^-d_k s_k`` there,
+  with -0 and +0 standing for the two ends of the home chart's line, and the orientation reversed). Coarse cells
+  holding two or more roots that the fine sign changes do not separate (close pairs are common: about a quarter of
+  the 5-point polynomials have a pair closer than 1/16) are split again, up to ``levels`` times, the count known
+  from the level above deciding where the sequence is evaluated again; the other sign changes become brackets.
+  Where a remainder of the sequence loses a degree (the count cannot be trusted, very rare in float64) every
+  coarse cell is split once and sign changes decide.
 * Each bracketed root is found by a bracketed Newton iteration (Newton step when it stays inside the bracket,
   bisection otherwise), started at the regula-falsi point and iterated until the step is below
   ``eps^(2/3)``; the few slow brackets are compacted and iterated further.
 
 Exact double roots (tangential zeros without a sign change) are not reported, as by any sign-based method, and
-roots closer than the finest cell (``2 / (grid * subgrid^(levels - 1))``) are reported only when their number is
-odd (then one of them); both are ill-conditioned anyway. In float32 the Sturm count itself can be wrong for degree
-10, so use float64 for high degrees. The result carries no gradient (everything runs under ``torch.no_grad``);
+roots closer than the finest cell (``2 b / (grid * subgrid^(levels - 1) * fine)``, about 1e-6) are reported only when
+their number is odd (then one of them); both are ill-conditioned anyway. A root exactly on a grid point (z = 0, or
+infinity when the leading coefficient vanishes) can hide another root in a fine cell next to it (that one is then
+missed, the exact one reported twice). In float32 the Sturm count itself can be wrong for degree 10, so use float64
+for high degrees. The result carries no gradient (everything runs under ``torch.no_grad``);
 callers that need derivatives take one Newton step with autograd from the detached root,
 ``z = z0 - p(z0) / p'(z0)``, which yields the implicit-function gradient ``dz = -dp(z0) / p'(z0)``: see
 :func:`newton_step`.
@@ -131,12 +139,7 @@ def newton_step(c: Tensor, z0: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------------ real roots
 
 
-def _normalise_rows(c: Tensor) -> Tensor:
-    """Scales the rows of ``c`` (R, k) to unit max-abs; zero or non-finite rows become zero."""
-    return torch.nan_to_num(c / c.abs().amax(-1, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _sturm_sequence(PT: Tensor) -> tuple[Tensor, Tensor]:
+def _sturm_sequence(PT: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Sturm sequences of the columns of ``PT`` (m + 1, R) (ascending coefficients, unit max-abs).
 
     ``s_0 = p``, ``s_1 = p'``, ``s_(k+1) = -rem(s_(k-1), s_k)``. Each polynomial is kept as coefficients and
@@ -147,7 +150,8 @@ def _sturm_sequence(PT: Tensor) -> tuple[Tensor, Tensor]:
         Sq (m + 1, m + 1, R): ``Sq[i, k]`` is the coefficient of ``x^i`` in ``s_k`` (degree m - k; zero above);
         reliable (R,): False where a remainder lost a degree (leading coefficient below ``1e3 eps`` of its largest)
         or vanished (repeated roots), i.e. where the count cannot be trusted (Sq may then hold inf/NaN). Zero
-        columns (no roots) count as reliable.
+        and constant columns (no roots) count as reliable;
+        count (R,) int16: the number of distinct real roots, ``V(-inf) - V(+inf)`` (0 for constant columns).
     """
     m = PT.shape[0] - 1
     dtype = PT.dtype
@@ -155,6 +159,7 @@ def _sturm_sequence(PT: Tensor) -> tuple[Tensor, Tensor]:
     Sq[:, 0] = PT
     b = torch.mul(PT[1:], torch.arange(1, m + 1, dtype=dtype, device=PT.device)[:, None], out=Sq[:m, 1])
     a = PT
+    big = [b.abs().amax(0)]  # max-abs coefficient of each s_k, k >= 1
     # no rescaling between steps (only signs matter, and the remainders of degree <= 10 stay far from
     # overflow unless the sequence degenerates, which the reliability test below catches)
     for k in range(2, m + 1):
@@ -164,13 +169,18 @@ def _sturm_sequence(PT: Tensor) -> tuple[Tensor, Tensor]:
         t = torch.addcmul(a[1:d + 1], b[:d], q1, value=-1.0)  # coefficients 1..d of a - q1 z b
         r = torch.cat([a[:1], t[:-1]]).addcmul_(b[:d], t[d - 1] / lc, value=-1.0)  # remainder, degree d - 1
         a, b = b, torch.neg(r, out=Sq[:d, k])
+        big.append(r.abs_().amax(0))
     # leading coefficients relative to each polynomial's largest: a degree drop or a vanished remainder (also
     # inf/NaN) is unreliable
-    big = torch.maximum(Sq.amax(0), Sq.amin(0).neg_())  # (m + 1, R) max-abs (no full-size temporary)
     k = torch.arange(m + 1, device=PT.device)
     lead = Sq.reshape((m + 1) ** 2, -1).index_select(0, (m - k) * (m + 1) + k)  # (m + 1, R): Sq[m - k, k]
-    reliable = (lead[1:].abs() > 1e3 * torch.finfo(dtype).eps * big[1:]).all(0)
-    return Sq, reliable | (big[0] == 0)
+    reliable = (lead[1:].abs() > 1e3 * torch.finfo(dtype).eps * torch.stack(big)).all(0)
+    # distinct real roots V(-inf) - V(+inf), from the signs of the leading coefficients alone
+    neg = torch.signbit(lead)
+    odd = (m - k) % 2 == 1
+    count = _variations(neg ^ odd[:, None], 0) - _variations(neg, 0)
+    const = big[0] == 0  # p' = 0: no roots
+    return Sq, reliable | const, count.masked_fill_(const, 0)
 
 
 def _powers(x: Tensor, m: int) -> Tensor:
@@ -182,52 +192,75 @@ def _powers(x: Tensor, m: int) -> Tensor:
     return torch.cat(cols[:m + 1], 1)
 
 
-def _sturm_eval(Sq: Tensor, x: Tensor, p: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Values of p and Sturm sign variations at points ``x`` (J, K) (or (J, 1): the same points for all) for the
-    columns (K) of the sequences Sq; returns p (J, K) and the variations (J, K).
+def _variations(neg: Tensor, dim: int) -> Tensor:
+    """Sign variations (int16) along ``dim`` of the sign bits ``neg`` of a Sturm sequence."""
+    a, b = neg.narrow(dim, 1, neg.shape[dim] - 1), neg.narrow(dim, 0, neg.shape[dim] - 1)
+    return (a != b).view(torch.uint8).sum(dim, dtype=torch.uint8).to(torch.int16)
 
-    A zero counts as positive (-0.0 as negative), consistently for p and for the count, so that a cell
-    ``(x_j, x_(j+1)]`` holds ``var_j - var_(j+1)`` distinct roots and p changes sign over it iff it holds an odd
-    number (up to rounding). ``p``: the values of p at ``x`` when already known. All the polynomials of the
-    sequence are evaluated together (a product with the powers of shared points, else zero-padded Horner;
-    points-major layout keeps the long axis innermost).
+
+def _sturm_variations(SQ: Tensor, x: Tensor, rev: Tensor, odd: Tensor) -> Tensor:
+    """Sign variations (J, K) of the Sturm sequences at points ``x`` (J, K), one column per sequence.
+
+    ``SQ`` (m + 1, m + 1, K): coefficients (as in :func:`_sturm_sequence`) of the sequence, or, where ``rev``
+    (K,), of its reversal (see :func:`_reversal`), whose value at x has the sign of ``x^(-d_k) s_k(b^2 / x)``:
+    the sign of x to the (odd: ``odd`` (m + 1,)) degree d_k is applied, with -0 standing for the limit from below.
+    A zero counts as positive (-0.0 as negative).
     """
-    m = Sq.shape[0] - 1
-    if x.shape[1] == 1:  # shared points: one matrix product with the powers
-        K = Sq.shape[2]
-        S = (_powers(x, m) @ Sq.reshape(m + 1, -1)).reshape(-1, m + 1, K).transpose(0, 1)
-    else:
-        c = Sq.unsqueeze(2).unbind(0)  # per power: (m + 1 polynomials, 1, K)
-        S = torch.addcmul(c[m - 1], c[m], x)
-        for i in range(m - 2, -1, -1):
-            S = torch.addcmul(c[i], S, x, out=S)
-    if p is not None:
-        S[0] = p
+    m = SQ.shape[0] - 1
+    c = SQ.unsqueeze(2).unbind(0)  # per power: (m + 1 polynomials, 1, K)
+    S = torch.addcmul(c[m - 1], c[m], x)
+    for i in range(m - 2, -1, -1):
+        S = torch.addcmul(c[i], S, x, out=S)
     neg = torch.signbit(S)
-    var = (neg[1:] != neg[:-1]).view(torch.uint8).sum(0, dtype=torch.uint8).to(torch.int16)
-    return S[0], var
+    neg ^= odd[:, None, None] & (torch.signbit(x) & rev)
+    return _variations(neg, 0)
 
 
-def _newton_iter(C: tuple[Tensor, ...], x: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+_REVERSAL: dict = {}
+
+
+def _reversal(m: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Maps the flattened Sturm coefficients ``Sq.reshape((m + 1)^2, R)`` of one chart's polynomial to those of the
+    reversals ``r_k(x) = x^d_k s_k(b^2 / x)`` (``d_k = m - k``; coefficient j: ``a_(d_k - j) b^(2 (d_k - j))``),
+    whose signs give those of the sequence in the other chart (x there is ``b^2 / y``).
+
+    Returns the row index ((m + 1)^2,), the scale ((m + 1)^2, 1) and ``odd`` (m + 1,) bool: d_k odd.
+    """
+    key = (m, dtype, device)
+    out = _REVERSAL.get(key)
+    if out is None:
+        m1 = m + 1
+        idx, scale = [], []
+        for j in range(m1):
+            for k in range(m1):
+                d = m - k
+                # beyond the degree: the zero coefficient Sq[m, k] (k >= 1 there)
+                idx.append((d - j) * m1 + k if j <= d else m * m1 + k)
+                scale.append(_CHART ** (2 * (d - j)) if j <= d else 0.0)
+        out = (torch.tensor(idx, device=device), torch.tensor(scale, dtype=dtype, device=device)[:, None],
+               torch.tensor([(m - k) % 2 == 1 for k in range(m1)], device=device))
+        _REVERSAL[key] = out
+    return out
+
+
+def _newton_iter(C: tuple[Tensor, ...], x: Tensor, lo: Tensor, hi: Tensor,
+                 zero: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One safeguarded Newton step for increasing-oriented brackets (g(lo) <= 0 <= g(hi)).
 
     ``C``: the m + 1 rows (2, V) of the stacked coefficients of g and g' (g' padded with a zero leading
-    coefficient), so that one Horner pass evaluates both.
+    coefficient), so that one Horner pass evaluates both. ``zero``: a scalar 0 of the dtype.
     """
     m = len(C) - 1
     pd = torch.addcmul(C[m - 1], C[m], x)
     for i in range(m - 2, -1, -1):
         pd = torch.addcmul(C[i], pd, x, out=pd)
     v, dv = pd.unbind(0)
-    up = torch.heaviside(v, _ZERO.to(v))  # 1 where g(x) > 0: x becomes the upper end
+    up = torch.heaviside(v, zero)  # 1 where g(x) > 0: x becomes the upper end
     hi = torch.lerp(hi, x, up)
     lo = torch.lerp(x, lo, up)
     # a non-finite Newton point (p' = 0) fails the bracket test, hence is replaced by bisection
     xn = torch.addcdiv(x, v, dv, value=-1.0)
     return torch.where((xn >= lo) & (xn <= hi), xn, torch.lerp(lo, hi, 0.5)), lo, hi
-
-
-_ZERO = torch.zeros(())
 
 
 def _bracketed_newton(cT: Tensor, lo: Tensor, hi: Tensor, plo: Tensor, phi: Tensor, iters: int,
@@ -244,20 +277,22 @@ def _bracketed_newton(cT: Tensor, lo: Tensor, hi: Tensor, plo: Tensor, phi: Tens
     if x.numel() == 0:
         return x
     s = torch.sign(phi - plo)  # exactly one end is negative: never 0
-    C = cT.new_zeros(m + 1, 2, cT.shape[1])
+    C = cT.new_empty(m + 1, 2, cT.shape[1])  # (fresh zeros would cost page faults)
     g = torch.mul(cT, s, out=C[:, 0])
     torch.mul(g[1:], torch.arange(1, m + 1, dtype=dtype, device=cT.device)[:, None], out=C[:-1, 1])
+    C[m, 1] = 0.0
     glo, ghi = plo * s, phi * s
     frac = torch.nan_to_num(glo / (glo - ghi), nan=0.5).clamp_(0.0, 1.0)
     x = torch.addcmul(lo, hi - lo, frac)
     eps = torch.finfo(dtype).eps
     tol = eps ** (2.0 / 3.0)
     Cv = C.unbind(0)
+    zero = x.new_zeros(())
     n_first = min(iters, max_iter)
     for k in range(n_first):
         if k == n_first - 1:
             x_prev = x
-        x, lo, hi = _newton_iter(Cv, x, lo, hi)
+        x, lo, hi = _newton_iter(Cv, x, lo, hi, zero)
     done = n_first
     if done >= max_iter:
         return x
@@ -268,7 +303,7 @@ def _bracketed_newton(cT: Tensor, lo: Tensor, hi: Tensor, plo: Tensor, phi: Tens
         Cs = _gather_cols(C.reshape(-1, C.shape[2]), idx).reshape(C.shape[0], 2, -1).unbind(0)
         for k in range(min(4, max_iter - done)):
             xp = xs
-            xs, los, his = _newton_iter(Cs, xs, los, his)
+            xs, los, his = _newton_iter(Cs, xs, los, his, zero)
             done += 1
         x, lo, hi = x.index_copy(0, idx, xs), lo.index_copy(0, idx, los), hi.index_copy(0, idx, his)
         d = (xs - xp).abs()
@@ -300,84 +335,14 @@ def _gather_cols(X: Tensor, idx: Tensor) -> Tensor:
     return torch.gather(X, 1, idx[None].expand(X.shape[0], idx.numel()))
 
 
-def _cumsum0(c: Tensor) -> Tensor:
-    """Inclusive cumulative sum along dim 0 by doubling (log2 steps); several times faster than ``cumsum(0)`` for
-    short dim 0 and long rows on CPU. (Counts must fit the dtype.)"""
-    s = 1
-    while s < c.shape[0]:
-        c = torch.cat([c[:s], c[s:] + c[:-s]])
-        s *= 2
-    return c
-
-
-def _level(PT: Tensor, Sq: Tensor, x: Tensor, G: int, F: int, force: Tensor | None, trust: Tensor | None,
-           last: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """One isolation level on the cells of the columns of PT (m + 1, K) / Sq (m + 1, m + 1, K).
-
-    p is evaluated on the G F + 1 points ``x`` ((G F + 1, K), or (G F + 1, 1) shared). The Sturm count over the
-    whole cell (its two ends) is compared with the sign changes of p; only where they differ (a few percent of
-    the cells: two or more roots within a fine cell) is the sequence evaluated on every F-th point, and a coarse
-    cell is refined when it holds more roots than its F fine cells separate (only where ``trust``; everywhere
-    when ``trust`` is None; always where ``force``; never at the ``last`` level, where every sign change is a
-    leaf).
-
-    Returns leaf (G F, K) (fine cells bracketing one root each), refine (G, K) and p (G F + 1, K).
-    """
-    m = PT.shape[0] - 1
-    K = PT.shape[1]
-    if x.shape[1] == 1:  # shared points: one matrix product with the powers
-        p = _powers(x, m) @ PT
-    else:
-        pc = PT.unsqueeze(1).unbind(0)
-        p = torch.addcmul(pc[m - 1], pc[m], x)
-        for i in range(m - 2, -1, -1):
-            p = torch.addcmul(pc[i], p, x, out=p)
-    neg = torch.signbit(p)
-    change = neg[1:] != neg[:-1]  # (G F, K)
-    refine = torch.zeros(G, K, dtype=torch.bool, device=PT.device)
-    if last:
-        return change, refine, p
-    nsc = change.reshape(G, F, K).view(torch.uint8).sum(1, dtype=torch.int16)  # (G, K)
-    ends = [0, G * F]
-    _, var = _sturm_eval(Sq, x[ends] if x.shape[1] > 1 else x[ends], p=p[ends])
-    bad = (var[0] - var[1]) > nsc.sum(0)
-    if trust is not None:
-        bad &= trust
-    if force is not None:
-        bad |= force
-    idx = bad.nonzero()[:, 0]
-    if idx.numel() == 0:
-        return change, refine, p
-    xs = x[::F] if x.shape[1] == 1 else _gather_cols(x[::F], idx)
-    Sqs = _gather_cols(Sq.reshape(-1, K), idx).reshape(m + 1, m + 1, -1)
-    _, var = _sturm_eval(Sqs, xs, p=_gather_cols(p[::F], idx))
-    cnt = var[:-1] - var[1:]
-    sub = (cnt >= 2) & (cnt > _gather_cols(nsc, idx))
-    if force is not None:
-        sub |= force.index_select(0, idx)
-    refine.index_copy_(1, idx, sub)
-    return change & ~refine.repeat_interleave(F, 0), refine, p
-
-
-def _cells(mask: Tensor, x: Tensor, p: Tensor, rows: Tensor | None, by_row: bool = True) -> tuple[Tensor, ...]:
-    """(row, lo, hi, p(lo), p(hi), j) of the cells flagged in ``mask`` (G, K) of the grids ``x`` ((G + 1, K) or
-    (G + 1, 1)) and ``p`` (G + 1, K); ordered by column (so by row when ``rows`` is sorted) if ``by_row``, else by
-    cell index (cheaper: no transposed scan)."""
+def _brackets(mask: Tensor, x: Tensor, p: Tensor, rows: Tensor) -> tuple[Tensor, ...]:
+    """(row, lo, hi, p(lo), p(hi)) of the cells flagged in ``mask`` (J, K) of the per-column grids x and p
+    (J + 1, K); ``rows`` (K,): the chart row of each column."""
     K = mask.shape[1]
-    if by_row:
-        kj = mask.t().nonzero()
-        ki, j = kj[:, 0], kj[:, 1]
-        pos = j * K + ki
-    else:
-        pos = mask.reshape(-1).nonzero()[:, 0]
-        j, ki = pos // K, pos % K
+    pos = mask.reshape(-1).nonzero()[:, 0]
     xf, pf = x.reshape(-1), p.reshape(-1)
-    if x.shape[1] == 1:
-        xlo, xhi = xf.index_select(0, j), xf.index_select(0, j + 1)
-    else:
-        xlo, xhi = xf.index_select(0, pos), xf.index_select(0, pos + K)
-    r = ki if rows is None else rows.index_select(0, ki)
-    return r, xlo, xhi, pf.index_select(0, pos), pf.index_select(0, pos + K), pos
+    return (rows.index_select(0, pos % K), xf.index_select(0, pos), xf.index_select(0, pos + K),
+            pf.index_select(0, pos), pf.index_select(0, pos + K))
 
 
 @torch.no_grad()
@@ -385,13 +350,13 @@ def real_roots_list(c: Tensor, grid: int = 8, fine: int = 8, subgrid: int = 8, l
                     iters: int = 8, max_iter: int | None = None) -> RootList:
     """All real roots (roots at infinity included) of the rows of ``c`` (R, m + 1), as a flat list.
 
-    Isolation by Sturm counts on a grid of each chart, refined where a cell holds two or more roots that the
-    sign changes of p on a finer grid do not separate (see the module docstring); each isolated root is then
-    found by bracketed Newton.
+    Isolation by Sturm counts (one sequence per polynomial, see the module docstring): where the sign changes of p
+    on a fine grid of both charts fall short of the number of distinct real roots, the cells holding two or more
+    roots that the sign changes do not separate are refined; each isolated root is then found by bracketed Newton.
 
     Args:
         c: ascending coefficients (R, m + 1), m >= 1. Rows that are zero or not finite have no roots.
-        grid: cells per chart with a Sturm count at the first level.
+        grid: cells per chart with a Sturm count at the first level (even: z = 0 and z = infinity are grid points).
         fine: each of them is split into ``fine`` cells on which only the sign of p is checked.
         subgrid: cells with a Sturm count each refined cell is split into (then ``fine`` cells each again).
         levels: maximum number of levels (fine cells of width ``2 b / (grid * subgrid^(levels - 1) * fine)``, about
@@ -403,6 +368,8 @@ def real_roots_list(c: Tensor, grid: int = 8, fine: int = 8, subgrid: int = 8, l
     """
     if c.ndim != 2 or c.shape[-1] < 2:
         raise ValueError(f"need coefficients of shape (R, m + 1) with m >= 1, got {tuple(c.shape)}")
+    if grid < 2 or grid % 2:
+        raise ValueError(f"grid must be even and positive, got {grid}")
     n, m1 = c.shape
     m = m1 - 1
     dtype, device = c.dtype, c.device
@@ -414,49 +381,117 @@ def real_roots_list(c: Tensor, grid: int = 8, fine: int = 8, subgrid: int = 8, l
     cT = c.t()
     PT = torch.stack([cT, cT.flip(0) * scale], 2).reshape(m1, 2 * n)
     PT = torch.nan_to_num(PT / PT.abs().amax(0), nan=0.0, posinf=0.0, neginf=0.0)  # zero / non-finite: no roots
-    Sq, reliable = _sturm_sequence(PT)
+    # one Sturm sequence per polynomial, in its home chart: the one whose polynomial has the larger leading
+    # coefficient (so that no root sits at the home chart's infinity)
+    lead2 = PT[m].abs().reshape(n, 2)
+    home = lead2[:, 1] > lead2[:, 0]  # True: chart w
+    Sq, reliable, total = _sturm_sequence(torch.where(home, PT[:, 1::2], PT[:, 0::2]))
+    Sq = Sq.reshape(m1 * m1, n)
+    ridx, rscale, odd = _reversal(m, dtype, device)
+
+    # level 0: the sign changes of p on the fine grid of both charts (z = 0 / infinity at the centre)
+    G, F = grid, fine
+    half = G * F // 2
     R = 2 * n
-    # level 0: p on a fine grid, Sturm counts on every ``fine``-th point (points-major layouts)
-    xf = torch.linspace(-_CHART, _CHART, grid * fine + 1, dtype=dtype, device=device)[:, None]
-    leaf, refine, pf = _level(PT, Sq, xf, grid, fine, ~reliable, None)
-    *first, pos0 = _cells(leaf, xf, pf, None, by_row=False)
-    # slots of the first-level roots: rank along the grid, chart w after chart z
-    csum = _cumsum0(leaf.view(torch.uint8))
-    tot = csum[-1].reshape(n, 2)[:, 0].repeat_interleave(2).long()  # chart-z count of the problem
-    slot0 = csum.reshape(-1).index_select(0, pos0).long() - 1 + (first[0] & 1) * tot.index_select(0, first[0])
-    found = [first]
-    rows, lo, hi, _, _, _ = _cells(refine, xf[::fine], pf[::fine], None)
-    t = torch.linspace(0.0, 1.0, subgrid * fine + 1, dtype=dtype, device=device)[:, None]
+    xf = (torch.arange(G * F + 1, dtype=dtype, device=device) - half) * (_CHART / half)  # exact grid points
+    Pw = _powers(xf[:, None], m)  # (G F + 1, m + 1)
+    pf = Pw @ PT  # (G F + 1, 2 n)
+    neg = torch.signbit(pf)
+    change = neg[1:] != neg[:-1]  # (G F, 2 n)
+    r0, j0 = change.t().nonzero().unbind(1)  # sorted by chart row: by problem, chart z first
+    bad = (torch.bincount(r0 >> 1, minlength=n) < total) | ~reliable
+    bidx = bad.nonzero()[:, 0]
+    nb = bidx.numel()
+    rows = r0.new_empty(0)
+    if nb > 0:
+        # Sturm counts on the coarse cells of both charts of the problems with fewer sign changes than roots (and
+        # every coarse cell of those whose count cannot be trusted is split once, sign changes deciding there)
+        rows_b = (2 * bidx[:, None] + torch.arange(2, device=device)).reshape(-1)  # (2 nb,) chart rows
+        nsc = _gather_cols(change.view(torch.uint8), rows_b).view(G, F, 2 * nb).sum(1, dtype=torch.int16)
+        Sqb = _gather_cols(Sq, bidx)
+        xc = xf[::F]  # (G + 1,), 0 at index G / 2
+        g2 = G // 2
+        vd = (Pw[::F] @ Sqb.view(m1, m1 * nb)).view(G + 1, m1, nb)  # the home chart
+        var_d = _variations(torch.signbit(vd), 1)
+        xr = torch.cat([xc[:g2], xc.new_full((1,), -0.0), xc[g2:]])  # 0 twice: the limits from below and above
+        vr = (_powers(xr[:, None], m) @ (Sqb.index_select(0, ridx) * rscale).view(m1, m1 * nb)).view(G + 2, m1, nb)
+        var_r = _variations(torch.signbit(vr) ^ (torch.signbit(xr)[:, None, None] & odd[:, None]), 1)
+        cnt_d = var_d[:-1] - var_d[1:]  # (G, nb)
+        cnt_r = var_r[torch.cat([torch.arange(1, g2 + 1), torch.arange(g2 + 2, G + 2)]).to(device)] \
+            - var_r[torch.cat([torch.arange(0, g2), torch.arange(g2 + 1, G + 1)]).to(device)]  # orientation reversed
+        hb = home.index_select(0, bidx)
+        cnt = torch.stack([torch.where(hb, cnt_r, cnt_d), torch.where(hb, cnt_d, cnt_r)], 2).view(G, 2 * nb)
+        trust = reliable.index_select(0, bidx).repeat_interleave(2)
+        refine = ((cnt >= 2) & (cnt > nsc)) | ~trust  # (G, 2 nb)
+        # drop the level-0 sign changes inside refined cells
+        ref_all = torch.zeros(G, R, dtype=torch.bool, device=device).index_copy_(1, rows_b, refine)
+        keep = (~ref_all.view(-1).index_select(0, (j0 // F) * R + r0)).nonzero()[:, 0]
+        r0, j0 = r0.index_select(0, keep), j0.index_select(0, keep)
+        cj, ci = refine.nonzero().unbind(1)
+        rows = rows_b.index_select(0, ci)
+        lo = xc.index_select(0, cj)
+        hi = torch.where(cj == g2 - 1, xc.new_full((), -0.0), xc.index_select(0, cj + 1))
+        known = cnt[cj, ci]
+        trust = trust.index_select(0, ci)
+    pos = j0 * R + r0
+    found = [(r0, xf.index_select(0, j0), xf.index_select(0, j0 + 1), pf.view(-1).index_select(0, pos),
+              pf.view(-1).index_select(0, pos + R))]
+    # later levels: each refined cell split into ``subgrid * fine`` cells, Sturm counts on every ``fine``-th point
+    # (where the sign changes fall short of the cell's count)
+    S = subgrid
+    t = torch.linspace(0.0, 1.0, S * F + 1, dtype=dtype, device=device)[:, None]
     for level in range(1, levels):
-        if rows.numel() == 0:
+        K = rows.numel()
+        if K == 0:
             break
-        x = torch.addcmul(lo, hi - lo, t)  # (subgrid * fine + 1, K)
-        # rows with unreliable counts had every first-level cell split; from here sign changes decide for them
-        last = level == levels - 1
-        leaf, refine, p = _level(_gather_cols(PT, rows), _gather_cols(Sq.reshape(m1 * m1, R), rows).reshape(m1, m1, -1),
-                                 x, subgrid, fine, None, reliable.index_select(0, rows), last)
-        found.append(_cells(leaf, x, p, rows)[:5])
-        if last:
+        x = torch.lerp(lo, hi, t)  # (S F + 1, K); keeps a -0 end
+        pc = _gather_cols(PT, rows).unsqueeze(1).unbind(0)
+        p = torch.addcmul(pc[m - 1], pc[m], x)
+        for i in range(m - 2, -1, -1):
+            p = torch.addcmul(pc[i], p, x, out=p)
+        neg = torch.signbit(p)
+        leaf = neg[1:] != neg[:-1]  # (S F, K)
+        nxt = None
+        if level < levels - 1:
+            nsc = leaf.view(torch.uint8).view(S, F, K).sum(1, dtype=torch.int16)  # (S, K)
+            chk = (trust & (known > nsc.sum(0, dtype=torch.int16))).nonzero()[:, 0]
+            if chk.numel() > 0:
+                rk = rows.index_select(0, chk)
+                pk = rk >> 1
+                rev = (rk & 1).bool() != home.index_select(0, pk)
+                SQ = _gather_cols(Sq, pk)
+                SQ = torch.where(rev, SQ.index_select(0, ridx) * rscale, SQ).view(m1, m1, -1)
+                var = _sturm_variations(SQ, _gather_cols(x[::F], chk), rev, odd)  # (S + 1, Kc)
+                cnt = (var[:-1] - var[1:]) * (1 - 2 * rev.to(torch.int16))
+                si, sk = ((cnt >= 2) & (cnt > _gather_cols(nsc, chk))).nonzero().unbind(1)
+                if si.numel() > 0:
+                    col = chk.index_select(0, sk)
+                    refined = torch.zeros(S, K, dtype=torch.bool, device=device)
+                    refined[si, col] = True
+                    leaf &= ~refined.repeat_interleave(F, 0)
+                    xflat = x.view(-1)
+                    nxt = (rows.index_select(0, col), xflat.index_select(0, si * F * K + col),
+                           xflat.index_select(0, (si + 1) * F * K + col), cnt[si, sk])
+        found.append(_brackets(leaf, x, p, rows))
+        if nxt is None:
             break
-        rows, lo, hi, _, _, _ = _cells(refine, x[::fine], p[::fine], rows)
-    r_rows, blo, bhi, plo, phi = (torch.cat(v) for v in zip(*found)) if len(found) > 1 else first
+        rows, lo, hi, known = nxt
+        trust = torch.ones(rows.numel(), dtype=torch.bool, device=device)
+    r_rows, blo, bhi, plo, phi = (torch.cat(v) for v in zip(*found)) if len(found) > 1 else found[0]
     r = _bracketed_newton(_gather_cols(PT, r_rows), blo, bhi, plo, phi, iters, max_iter)
     prob = r_rows >> 1
-    slot = slot0
-    L = len(found)
-    if L > 1:
-        # later levels: after all first-level roots of the problem; their list is sorted by (level, problem)
-        n0 = slot0.numel()
-        probL = prob[n0:]
-        level_id = torch.repeat_interleave(torch.arange(1, L, device=device),
-                                           torch.tensor([v[0].numel() for v in found[1:]], device=device))
-        key = (level_id - 1) * n + probL
-        counts = torch.bincount(key, minlength=(L - 1) * n)
-        start = counts.cumsum(0) - counts
-        offset = counts.reshape(L - 1, n).cumsum(0).reshape(-1) - counts
-        offset += torch.bincount(prob[:n0], minlength=n).repeat(L - 1)
-        slot = torch.cat([slot0, torch.arange(probL.numel(), device=device) - start.index_select(0, key)
-                          + offset.index_select(0, key)])
+    # slots: the level-0 roots (sorted by problem) first, by rank; the later ones after them
+    n0 = r0.numel()
+    c0 = torch.bincount(prob[:n0], minlength=n)
+    slot = torch.arange(prob.numel(), device=device)
+    slot[:n0] -= (c0.cumsum(0) - c0).index_select(0, prob[:n0])
+    if prob.numel() > n0:
+        pl = prob[n0:]
+        ps, perm = torch.sort(pl, stable=True)
+        cl = torch.bincount(pl, minlength=n)
+        rank = torch.empty_like(pl).index_copy_(0, perm, torch.arange(pl.numel(), device=device)
+                                                - (cl.cumsum(0) - cl).index_select(0, ps))
+        slot[n0:] = c0.index_select(0, pl) + rank
     cf = (r_rows & 1).to(dtype)
     one = torch.ones_like(r)
     uv = torch.stack([torch.lerp(r, one, cf), torch.lerp(one, r * _CHART ** -2, cf)], -1)

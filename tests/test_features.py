@@ -112,7 +112,7 @@ def test_mutual_nn_ratio_recovers_a_permutation():
 # ------------------------------------------------------------------ tiny random networks: shapes and conventions
 
 
-@pytest.mark.parametrize("name", ["disk-lightglue", "aliked-lightglue", "loftr",
+@pytest.mark.parametrize("name", ["disk-lightglue", "aliked-lightglue", "loftr", "roma",
                                   pytest.param("efficientloftr", marks=needs_transformers)])
 def test_tiny_matchers_shapes(name):
     g = torch.Generator().manual_seed(0)
@@ -121,7 +121,7 @@ def test_tiny_matchers_shapes(name):
     m = build_matcher(name, tiny=True, max_keypoints=64)
     out = m(im0, im1)
     check_matches(out, 2, (64, 48), (48, 56))
-    if name not in ("loftr", "efficientloftr"):
+    if name not in ("loftr", "efficientloftr", "roma"):
         f0 = m.extract(im0)
         assert isinstance(f0, LocalFeatures)
         assert f0.keypoints.shape[:2] == f0.descriptors.shape[:2] == f0.mask.shape
@@ -179,3 +179,37 @@ def test_real_weights_on_rendered_homography(planar, name):
     assert n >= 40 and frac >= 0.9
     err = (transfer(planar.H, m.kpts0) - m.kpts1)[m.mask]
     assert float(err.mean(0).abs().max()) < 0.25  # no systematic half-pixel shift
+
+
+def test_roma_wrapper_samples_the_dense_warp(tmp_path):
+    # the wrapper returns exactly the model's own sampled matches (same seed), sorted by certainty, capped at
+    # num_matches, reproducible, and round-trips through a saved file
+    from torch3dv.features import RoMa
+    from torch3dv.models import build_model, from_pretrained, save_pretrained
+
+    torch.manual_seed(0)
+    net = build_model("roma-outdoor", "tiny")
+    g = torch.Generator().manual_seed(1)
+    im0, im1 = torch.rand(2, 3, 60, 80, generator=g), torch.rand(2, 3, 72, 64, generator=g)
+    m = RoMa(net, num_matches=40, seed=3)
+    out = m(im0, im1)
+    check_matches(out, 2, (80, 60), (64, 72))
+    assert out.kpts0.shape[1] <= 40 and bool((out.idx0 == -1).all())
+    ref = net(im0, im1, num_matches=40, generator=torch.Generator().manual_seed(3))
+    for b in range(2):
+        keep = ref.mask[b] & (ref.scores[b] > 0)
+        order = torch.argsort(ref.scores[b][keep], descending=True, stable=True)
+        n = int(out.num_matches[b])
+        assert n == int(keep.sum())
+        torch.testing.assert_close(out.kpts0[b, :n], ref.kpts0[b][keep][order])
+        torch.testing.assert_close(out.kpts1[b, :n], ref.kpts1[b][keep][order])
+    again = m(im0, im1)
+    assert torch.equal(again.kpts0, out.kpts0) and torch.equal(again.kpts1, out.kpts1)
+    path = save_pretrained(net, tmp_path / "roma_tiny.safetensors", "roma-outdoor")
+    loaded = RoMa(from_pretrained("roma-outdoor", path, config="tiny"), num_matches=40, seed=3)(im0, im1)
+    torch.testing.assert_close(loaded.kpts0, out.kpts0)
+    # grey uint8 input is accepted (repeated to RGB)
+    grey = (im0[:, :1] * 255).to(torch.uint8)
+    check_matches(m(grey, im1), 2, (80, 60), (64, 72))
+    with pytest.raises(ValueError, match="num_matches"):
+        RoMa(net, num_matches=0)

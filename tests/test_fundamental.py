@@ -63,6 +63,18 @@ def test_7point_exact(dtype):
         assert e[r.success].median() < 1e-5
 
 
+def test_7point_unrefined_null_space():
+    # refine=False (RANSAC hypotheses) skips the refinement step of the float64 null space: same solutions to
+    # well within any RANSAC threshold, and exactly the same on the float32 default
+    s = two_view_scene(300, 7, noise_px=0.5, seed=3)
+    a, b = fundamental_7point(s.x1, s.x2), fundamental_7point(s.x1, s.x2, refine=False)
+    assert torch.equal(a.valid, b.valid)
+    assert f_err(a.F, b.F)[a.valid].max() < 1e-8
+    assert sampson_distance(b.F, s.x1, s.x2)[b.valid].max() < 1e-12
+    s32 = two_view_scene(50, 7, noise_px=0.5, seed=3, dtype=torch.float32)
+    assert torch.equal(fundamental_7point(s32.x1, s32.x2).F, fundamental_7point(s32.x1, s32.x2, refine=False).F)
+
+
 def test_batched_leading_dims(dtype):
     s = two_view_scene(6, 12, seed=3, dtype=dtype)
     flat = fundamental_8point(s.x1, s.x2)

@@ -157,6 +157,28 @@ def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
     return g.reshape(C, H, k, x.shape[-1])
 
 
+_SCORE_BLOCK = 1 << 17  # residual entries per block of hypothesis scoring (cache-sized temporaries)
+
+
+def _hypothesis_scores(model: RobustModel, params: Tensor, data, ctx, valid: Tensor, th: Tensor,
+                       opts: RansacOptions) -> Tensor:
+    """Scores (C, H) of hypotheses params (C, H, *P) on data (C, N, d_i) with valid (C, N) and thresholds (C,).
+
+    Residuals and scores are computed together in blocks of problems whose (block, H, N) residual tensor stays
+    cache sized, so the full (C, H, N) tensor is never written to memory (it is by far the largest tensor of a
+    round, and on a CPU writing and re-reading it cost about as much as computing it).
+    """
+    C, nh = params.shape[:2]
+    N = data[0].shape[1]
+    step = max(1, _SCORE_BLOCK // max(1, nh * N))
+    parts = []
+    for s in range(0, C, step):
+        e = min(C, s + step)
+        r2 = model.residuals(params[s:e], tuple(x[s:e] for x in data), tuple(c[s:e] for c in ctx))
+        parts.append(score_residuals(r2, valid[s:e, None, :], th[s:e, None], opts.score, model.dof))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
 def _score_params(model: RobustModel, params: Tensor, data, ctx, valid: Tensor, opts: RansacOptions,
                   threshold: Tensor) -> tuple[Tensor, Tensor]:
     """params (M, *P) -> (score (M,), r2 (M, N))."""
@@ -275,9 +297,7 @@ def ransac(
                     sub = sample_subsets(n_valid[I], n_sub, 1, seeds[I], _SUBSET_STREAM, first=rounds[I])[:, 0]
                     sub = torch.gather(order[I], 1, sub)  # (C, n_sub)
                     d_sub = tuple(torch.gather(x, 1, sub[..., None].expand(C, n_sub, x.shape[-1])) for x in d_I)
-                    r2s = model.residuals(params, d_sub, c_I)  # (C, H*S, n_sub)
-                    ss = score_residuals(r2s, torch.gather(v_I, 1, sub)[:, None, :], th[I][:, None],
-                                         options.score, model.dof)
+                    ss = _hypothesis_scores(model, params, d_sub, c_I, torch.gather(v_I, 1, sub), th[I], options)
                     ss = torch.where(pvalid, ss, torch.full_like(ss, -math.inf))
                     keep = min(int(keep_all[I].max()), nh)
                     top_s, top_i = ss.topk(keep, dim=-1)  # (C, keep)
@@ -285,8 +305,7 @@ def ransac(
                     params = torch.gather(params, 1, top_i.reshape(pshape).expand(C, keep, *model.param_shape))
                     kept = torch.arange(keep, device=device)[None, :] < keep_all[I][:, None]
                     pvalid = (top_s > -math.inf) & kept
-                r2 = model.residuals(params, d_I, c_I)  # (C, hypotheses, N)
-                sc = score_residuals(r2, v_I[:, None, :], th[I][:, None], options.score, model.dof)
+                sc = _hypothesis_scores(model, params, d_I, c_I, v_I, th[I], options)  # (C, hypotheses)
                 sc = torch.where(pvalid, sc, torch.full_like(sc, -math.inf))
                 top, arg = sc.max(dim=-1)
                 # LO runs on each new best *minimal* model (compared with the earlier minimal models, not with
@@ -295,7 +314,8 @@ def ransac(
                 if better.any():
                     bI = I[better]
                     best_minimal[bI] = top[better]
-                    pb, sb, r2b = params[better, arg[better]], top[better], r2[better, arg[better]]
+                    pb, sb = params[better, arg[better]], top[better]
+                    r2b = model.residuals(pb[:, None], tuple(x[bI] for x in data), tuple(c[bI] for c in ctx))[:, 0]
                     if options.local_optimization > 0:
                         # LO-RANSAC on each new best minimal model: a weighted refit on its inliers, then (for
                         # models that have one) a nonlinear local refinement from the better of the two

@@ -112,7 +112,7 @@ class FundamentalModel:
         self.polish_iterations = polish_iterations
 
     def minimal(self, sample, ctx):
-        sol = fundamental_7point(sample[0], sample[1])
+        sol = fundamental_7point(sample[0], sample[1], refine=False)
         return sol.F, sol.valid
 
     def residuals(self, params, data, ctx):

@@ -33,6 +33,7 @@ from torch3dv.linalg.normalization import normalize_points
 from torch3dv.linalg.nullspace import weighted_design_nullspace
 from torch3dv.linalg.skew import skew
 from torch3dv.solvers.essential_5point import EssentialSolutions, epipolar_rows, essential_5point
+from torch3dv.solvers.fundamental import MOMENTS_BF_MIN, _f8_moments, _f8_residual_sq, _least_squares_bf
 
 __all__ = [
     "EssentialResult",
@@ -153,6 +154,12 @@ def project_to_essential(E: Tensor) -> Tensor:
 # 8-point
 
 
+def _similarity(s: Tensor, mu: Tensor, mv: Tensor) -> Tensor:
+    """Hartley normalisation ``[[s, 0, -s mu], [0, s, -s mv], [0, 0, 1]]`` (*B, 3, 3) from (*B,) tensors."""
+    z, o = torch.zeros_like(s), torch.ones_like(s)
+    return torch.stack([s, z, -s * mu, z, s, -s * mv, z, z, o], -1).reshape(*s.shape, 3, 3)
+
+
 def _default_rank_tol(dtype: torch.dtype) -> float:
     return 1e-18 if dtype == torch.float64 else 1e-8
 
@@ -192,15 +199,24 @@ def essential_8point(
     p1, p2 = c.points
     w = c.weights
     tol = _default_rank_tol(x1n.dtype) if rank_tol is None else rank_tol
-    n1 = normalize_points(p1, w)
-    n2 = normalize_points(p2, w)
-    A = epipolar_rows(n1.points, n2.points)
-    V, evals = weighted_design_nullspace(A, w, 2)
-    ok = c.finite & ((w > 0).sum(-1) >= 8) & torch.isfinite(evals).all(-1)
-    r = ((A.detach() @ V[..., 1:2].detach())[..., 0] ** 2 * w.detach()).sum(-1)
-    ok = ok & (r > tol * evals[..., -1].detach())
-    En = V[..., 0].reshape(*V.shape[:-2], 3, 3)
-    E = n2.T.transpose(-1, -2) @ En @ n1.T
+    lead, n = w.shape[:-1], w.shape[-1]
+    if n >= MOMENTS_BF_MIN:  # many rows: the fundamental module's batch-first moments (same least squares)
+        f, ok, norm = _least_squares_bf(p1.reshape(-1, n, 2), p2.reshape(-1, n, 2), w.reshape(-1, n),
+                                        c.finite.reshape(-1), tol, 8, _f8_moments, _f8_residual_sq)
+        En = f.t().reshape(*lead, 3, 3)
+        ok = ok.reshape(lead)
+        T1, T2 = (_similarity(*(x.reshape(lead) for x in norm[i:i + 3])) for i in (0, 3))
+    else:
+        n1 = normalize_points(p1, w)
+        n2 = normalize_points(p2, w)
+        A = epipolar_rows(n1.points, n2.points)
+        V, evals = weighted_design_nullspace(A, w, 2)
+        ok = c.finite & ((w > 0).sum(-1) >= 8) & torch.isfinite(evals).all(-1)
+        r = ((A.detach() @ V[..., 1:2].detach())[..., 0] ** 2 * w.detach()).sum(-1)
+        ok = ok & (r > tol * evals[..., -1].detach())
+        En = V[..., 0].reshape(*V.shape[:-2], 3, 3)
+        T1, T2 = n1.T, n2.T
+    E = T2.transpose(-1, -2) @ En @ T1
     E = E / E.flatten(-2).norm(dim=-1).clamp_min(torch.finfo(E.dtype).tiny)[..., None, None]
     ok = ok & torch.isfinite(E).flatten(-2).all(-1)
     stand_in = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=E.dtype, device=E.device)).expand_as(E)

@@ -44,16 +44,19 @@ from torch3dv._checks import check_points
 from torch3dv.linalg import batch_last as bl
 from torch3dv.solvers._batching import chunked
 from torch3dv.solvers.fundamental import (
+    MOMENTS_BF_MIN,
     _adj3,
     _check_model_points,
     _chunk_size,
     _contract_points,
     _default_tol,
+    _least_squares_bf,
     _minimal_nullspace_bl,
     _normalized_pair,
     _null_eigvecs,
     _prepare,
     _products6,
+    _products6_bf,
     _rank_test,
 )
 
@@ -163,10 +166,30 @@ def _dlt_normal_index() -> Tensor:
 _DLT_IDX = _dlt_normal_index()
 
 
+def _dlt_moments(q) -> Tensor:
+    """Normal matrix (9, 9, bs) of the weighted DLT design, batch-first blocks."""
+    m = torch.stack([q.w, q.w * q.u2, q.w * q.v2, q.w * (q.u2 * q.u2 + q.v2 * q.v2)], 1)  # (bs, 4, N)
+    S = (m @ _products6_bf(q.u1, q.v1).mT).permute(1, 2, 0).reshape(24, -1)  # moments of (1, u, v, u^2 + v^2)
+    vals = torch.cat([S, -S[6:18], torch.zeros_like(S[:1])], 0)
+    return vals[_DLT_IDX.to(vals.device)].reshape(9, 9, -1)
+
+
+def _dlt_residual_sq(q, G: Tensor) -> Tensor:
+    """``sum_n w_n |A_n g|^2`` (bs,) of the DLT rows for G (bs, 3, 3, 1)."""
+    a = [G[:, k, 0] * q.u1 + G[:, k, 1] * q.v1 + G[:, k, 2] for k in range(3)]
+    ra = q.v2 * a[2] - a[1]
+    rb = a[0] - q.u2 * a[2]
+    return (q.w * (ra * ra + rb * rb)).sum(-1)
+
+
 def _dlt_core(p1: Tensor, p2: Tensor, w: Tensor, finite: Tensor, tol: float,
               det_tol: float | None) -> tuple[Tensor, Tensor]:
     """Normalised DLT on flat batches (b, N, 2)."""
     b, n = w.shape
+    if n >= MOMENTS_BF_MIN:  # many rows: batch-first normalisation and moments (see the fundamental module)
+        h, ok, (s1, mu1, mv1, s2, mu2, mv2) = _least_squares_bf(p1, p2, w, finite, tol, 4, _dlt_moments,
+                                                                _dlt_residual_sq)
+        return _finish(h.reshape(3, 3, b), s1, (mu1, mv1), s2, (mu2, mv2), ok, det_tol)
     (u1, v1, s1, mu1, mv1), (u2, v2, s2, mu2, mv2), wt = _normalized_pair(p1, p2, w)
     used = (wt > 0).to(wt.dtype)
     ok = finite & (used.sum(0) >= 4)
@@ -179,6 +202,7 @@ def _dlt_core(p1: Tensor, p2: Tensor, w: Tensor, finite: Tensor, tol: float,
         fro2 = (used * (u1 * u1 + v1 * v1 + 1) * (u2 * u2 + v2 * v2 + 2)).sum(0)
         N, ratio = _minimal_nullspace_bl(A, ok, fro2)
         h = N[:, 0]
+        ok = ok & (ratio > tol)  # NaN fails
     else:
         m = torch.stack([wt, wt * u2, wt * v2, wt * (u2 * u2 + v2 * v2)], 0)  # (4, N, b)
         S = _contract_points(m, _products6(u1, v1)).reshape(24, b)  # S_k for the moments (1, u, v, u^2 + v^2)
@@ -191,8 +215,6 @@ def _dlt_core(p1: Tensor, p2: Tensor, w: Tensor, finite: Tensor, tol: float,
             ra = v2 * a[2] - a[1]
             rb = a[0] - u2 * a[2]
         ok = ok & _rank_test((wt * (ra * ra + rb * rb)).sum(0).detach(), M.detach(), lmax, tol)
-    if n == 4:
-        ok = ok & (ratio > tol)  # NaN fails
     return _finish(h.reshape(3, 3, b), s1, (mu1, mv1), s2, (mu2, mv2), ok, det_tol)
 
 

@@ -63,6 +63,7 @@ class EssentialModel:
     max_solutions = 10
     param_shape = (3, 3)
     dof = 4
+    lo_inner_samples = 16  # inner RANSAC in the local optimisation (RansacOptions.lo_inner_samples)
 
     def __init__(self, polish_iterations: int = 3, lo_iterations: int = 5):
         self.polish_iterations = polish_iterations
@@ -107,6 +108,7 @@ class FundamentalModel:
     max_solutions = 3
     param_shape = (3, 3)
     dof = 4
+    lo_inner_samples = 16  # inner RANSAC in the local optimisation (RansacOptions.lo_inner_samples)
 
     def __init__(self, polish_iterations: int = 3):
         self.polish_iterations = polish_iterations

@@ -251,19 +251,25 @@ def _msac_cost(E, s, threshold=1.0):
     return sampson_sq(F[:, None], s.x1, s.x2)[:, 0].clamp(max=threshold ** 2).sum(-1)
 
 
+def _essential_ransac(s, model, opts):
+    """Raw :func:`ransac` with the essential model on a two-view scene; returns its output and (x1n, x2n)."""
+    x1n, x2n = pixels_to_normalized(s.x1, s.K1), pixels_to_normalized(s.x2, s.K2)
+    ctx = (intrinsics_inverse(s.K1), intrinsics_inverse(s.K2))
+    valid = torch.ones(s.x1.shape[:2], dtype=torch.bool)
+    out = ransac(model, (x1n, x2n, s.x1, s.x2), ctx, valid, opts)
+    assert bool(out.success.all())
+    return out, x1n, x2n
+
+
 def test_nonlinear_local_optimisation_lowers_the_msac_cost():
     # 60% outliers: the raw RANSAC output (no final polish) with the LM step of LO on each new best minimal model
     # must reach a clearly lower truncated Sampson cost than with linear refits only, and be at least as close
     # to the ground truth pose.
     s = two_view_scene(24, 256, noise_px=0.5, outlier_ratio=0.6, seed=7)
-    x1n, x2n = pixels_to_normalized(s.x1, s.K1), pixels_to_normalized(s.x2, s.K2)
-    ctx = (intrinsics_inverse(s.K1), intrinsics_inverse(s.K2))
-    valid = torch.ones(s.x1.shape[:2], dtype=torch.bool)
     costs, errs = [], []
     opts = RansacOptions(threshold=1.0, final_refine=False, lo_inner_samples=0)  # the LM step alone
     for lo in (0, 5):
-        out = ransac(EssentialModel(polish_iterations=0, lo_iterations=lo), (x1n, x2n, s.x1, s.x2), ctx, valid, opts)
-        assert bool(out.success.all())
+        out, x1n, x2n = _essential_ransac(s, EssentialModel(polish_iterations=0, lo_iterations=lo), opts)
         costs.append(_msac_cost(out.params, s))
         pose = recover_pose(out.params, x1n, x2n, mask=out.inliers)
         errs.append(torch.rad2deg(translation_direction_error(pose.t, s.t)).median())
@@ -277,14 +283,10 @@ def test_inner_ransac_of_the_local_optimisation_lowers_the_msac_cost():
     # refit + LM steps: at 60% outliers it must reach a lower truncated Sampson cost on average (measured: 0.37
     # px^2 per problem over these 48, better by > 0.5 px^2 in 6, worse in 2), without drawing more hypotheses.
     s = two_view_scene(48, 256, noise_px=0.5, outlier_ratio=0.6, seed=7)
-    x1n, x2n = pixels_to_normalized(s.x1, s.K1), pixels_to_normalized(s.x2, s.K2)
-    ctx = (intrinsics_inverse(s.K1), intrinsics_inverse(s.K2))
-    valid = torch.ones(s.x1.shape[:2], dtype=torch.bool)
     costs, hyps = [], []
     for inner in (0, 16):
         opts = RansacOptions(threshold=1.0, final_refine=False, lo_inner_samples=inner)
-        out = ransac(EssentialModel(polish_iterations=0), (x1n, x2n, s.x1, s.x2), ctx, valid, opts)
-        assert bool(out.success.all())
+        out, _, _ = _essential_ransac(s, EssentialModel(polish_iterations=0), opts)
         costs.append(_msac_cost(out.params, s))
         hyps.append(out.num_hypotheses.double().mean())
     drop = costs[0] - costs[1]

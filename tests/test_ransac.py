@@ -280,9 +280,9 @@ def test_nonlinear_local_optimisation_lowers_the_msac_cost():
 
 def test_inner_ransac_of_the_local_optimisation_lowers_the_msac_cost():
     # LO-RANSAC's inner RANSAC (non-minimal samples from the inliers of each new best minimal model) on top of the
-    # refit + LM steps: at 60% outliers it must reach a lower truncated Sampson cost on average (measured: 0.37
-    # px^2 per problem over these 48, better by > 0.5 px^2 in 6, worse in 2), without drawing more hypotheses.
-    s = two_view_scene(48, 256, noise_px=0.5, outlier_ratio=0.6, seed=7)
+    # refit + LM steps: at 60% outliers it must reach a lower truncated Sampson cost on average (measured: 0.33
+    # px^2 per problem over these 96, better by > 0.5 px^2 in 15, worse in 2), without drawing more hypotheses.
+    s = two_view_scene(96, 256, noise_px=0.5, outlier_ratio=0.6, seed=7)
     costs, hyps = [], []
     for inner in (0, 16):
         opts = RansacOptions(threshold=1.0, final_refine=False, lo_inner_samples=inner)
@@ -290,7 +290,7 @@ def test_inner_ransac_of_the_local_optimisation_lowers_the_msac_cost():
         costs.append(_msac_cost(out.params, s))
         hyps.append(out.num_hypotheses.double().mean())
     drop = costs[0] - costs[1]
-    assert float(drop.mean()) > 0.15
+    assert float(drop.mean()) > 0.1
     assert int((drop > 0.5).sum()) > 2 * int((drop < -0.5).sum())
     assert float(hyps[1]) <= float(hyps[0])
     # the essential model turns it on by default; the option overrides the model's choice

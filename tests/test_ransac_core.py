@@ -96,3 +96,27 @@ def test_options_validation():
         RansacOptions(confidence=1.0)
     with pytest.raises(ValueError):
         RansacOptions(trials_multiplier=0.0)
+
+
+def test_preemptive_subset_size_follows_each_problems_inlier_ratio():
+    from torch3dv.ransac.estimator import _PREEMPTIVE_INLIERS, _preemptive_subset
+
+    n_valid = torch.tensor([512, 512, 512, 300, 40])
+    best = torch.tensor([0, 350, 150, 30, 20])  # no model yet, 68%, 29%, 10%, 50% inliers
+    seeds = torch.arange(5, dtype=torch.int64) + 11
+    rounds = torch.tensor([0, 3, 5, 2, 1])
+    sub, m = _preemptive_subset(n_valid, best, 48, seeds, rounds)
+    size = m.sum(-1)
+    ratio = best.double() / n_valid.double()
+    # no model: the full 48; otherwise ~_PREEMPTIVE_INLIERS expected inliers, clamped to [24, 48], steps of 4
+    assert size[0] == 48 and size[1] == 24 and size[3] == 48
+    assert size[2] == max(24, min(48, 4 * math.ceil(_PREEMPTIVE_INLIERS / float(ratio[2]) / 4)))
+    assert bool((size % 4 == 0).all()) and bool((m[:, :-1] >= m[:, 1:]).all())  # a prefix mask
+    # distinct ranks within the pool, per problem
+    for i in range(5):
+        r = sub[i, : size[i]]
+        assert r.unique().numel() == int(size[i])
+        assert int(r.max()) < int(n_valid[i])
+    # a problem's subset does not depend on the others in the batch
+    sub1, m1 = _preemptive_subset(n_valid[2:3], best[2:3], 48, seeds[2:3], rounds[2:3])
+    assert torch.equal(sub1[0, : int(m1.sum())], sub[2, : int(size[2])])

@@ -130,9 +130,14 @@ def prepare_correspondences(
         check_float(weights, "weights")
         check_same_device_dtype({"weights": weights, "points": first})
         w = w * weights
-    # fast path: every coordinate and weight finite (one reduction per tensor, one sync): nothing to clean
+    # fast path: every coordinate and weight finite (one reduction per tensor, one sync): no per-row test needed
     if bool(torch.stack([torch.isfinite(t).all() for t in (w, *points.values())]).all()):
-        return Correspondences(tuple(points.values()), w, torch.ones(lead[:-1], dtype=torch.bool, device=w.device))
+        ones = torch.ones(lead[:-1], dtype=torch.bool, device=w.device)
+        if mask is None and weights is None:  # nothing to clean
+            return Correspondences(tuple(points.values()), w, ones)
+        used = (w != 0)[..., None]
+        zero = torch.zeros((), dtype=w.dtype, device=w.device)
+        return Correspondences(tuple(torch.where(used, v, zero.to(v.dtype)) for v in points.values()), w, ones)
     ok_rows = torch.isfinite(w)
     for v in points.values():
         ok_rows = ok_rows & torch.isfinite(v).all(-1)

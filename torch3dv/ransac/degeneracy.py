@@ -137,7 +137,7 @@ def plane_and_parallax(
         # a dominant plane holds >= plane_ratio of the inliers: enough 4-point samples to find one with the
         # requested confidence (a few hundred), not the budget for finding a small plane
         h_iters = int(required_iterations(torch.tensor(plane_ratio), 4, options.confidence).ceil().clamp_min(8))
-        h_opts = replace(options, threshold=2.0 * options.threshold, final_refine=False,
+        h_opts = replace(options, threshold=2.0 * options.threshold, final_refine=False, lo_inner_samples=None,
                          min_iterations=min(options.min_iterations, h_iters), max_iterations=h_iters)
         hres = ransac(HomographyModel(), (x1, x2), (), valid & inliers, h_opts, seeds=seeds)
         off = valid & ~hres.inliers
@@ -149,7 +149,8 @@ def plane_and_parallax(
 
     a1, a2, v = x1[idx], x2[idx], valid[idx]
     with torch.no_grad():
-        p_opts = replace(options, final_refine=False, preemptive_points=0, seed=options.seed + _PARALLAX_STREAM)
+        p_opts = replace(options, final_refine=False, preemptive_points=0, lo_inner_samples=None,
+                         seed=options.seed + _PARALLAX_STREAM)
         pp = ransac(PlaneParallaxModel(), (a1, a2), (hres.params[idx],), off[idx], p_opts,
                     seeds=seeds[idx] + _PARALLAX_STREAM)
         cand = pp.params

@@ -12,7 +12,6 @@ from torch3dv.camera.pinhole import intrinsics_inverse, pixels_to_normalized
 from torch3dv.ransac.estimator import ransac
 from torch3dv.ransac.models import EssentialModel
 from torch3dv.ransac.residuals import sampson_sq
-from torch3dv.linalg.skew import skew
 from torch3dv.solvers.essential import recover_pose
 from torch3dv.testing import absolute_pose_scene, rigid_scene, two_view_scene
 
@@ -298,31 +297,6 @@ def test_inner_ransac_of_the_local_optimisation_lowers_the_msac_cost():
     assert EssentialModel.lo_inner_samples > 0
     with pytest.raises(ValueError):
         RansacOptions(lo_inner_samples=-1)
-
-
-def test_inner_ransac_runs_below_half_inliers_only():
-    from torch3dv.ransac.estimator import _inner_ransac
-
-    s = two_view_scene(2, 200, noise_px=0.5, outlier_ratio=0.3, seed=5)
-    x1n, x2n = pixels_to_normalized(s.x1, s.K1), pixels_to_normalized(s.x2, s.K2)
-    ctx = (intrinsics_inverse(s.K1), intrinsics_inverse(s.K2))
-    valid = torch.ones(2, 200, dtype=torch.bool)
-    valid[1, 120:] = False  # problem 1: only the first 120 rows are real
-    E = skew(s.t) @ s.R
-    r2 = sampson_sq(ctx[1].mT[:, None] @ E[:, None] @ ctx[0][:, None], s.x1, s.x2)[:, 0]
-    r2 = torch.where(s.inliers, r2, torch.full_like(r2, 100.0))  # problem 0: ~70% inliers
-    keep1 = s.inliers[1] & (torch.cumsum(s.inliers[1].long(), 0) <= 40)
-    r2[1] = torch.where(keep1, r2[1], torch.full_like(r2[1], 100.0))  # problem 1: <= 40 of 120 valid rows
-    opts = RansacOptions(threshold=1.0)
-    th = torch.ones(2, dtype=torch.float64)
-    n_in = ((r2 < 1) & valid).sum(-1)
-    assert n_in[0] > 100 and 15 < n_in[1] < 60
-    out, found = _inner_ransac(EssentialModel(), (x1n, x2n, s.x1, s.x2), ctx, valid, th, r2,
-                               torch.tensor([1, 2]), torch.tensor([64, 64]), 8, opts)
-    assert found.tolist() == [False, True]  # > half inliers: skipped; a third: an inner-RANSAC model
-    # the model fitted to noisy inliers only is close to the truth
-    F = ctx[1][1].mT @ out[1] @ ctx[0][1]
-    assert float(sampson_sq(F[None, None], s.x1[1:], s.x2[1:])[0, 0][keep1].sqrt().median()) < 1.0
 
 
 def test_trials_multiplier_scales_the_hypotheses_drawn():

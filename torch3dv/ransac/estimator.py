@@ -64,9 +64,7 @@ class RansacOptions:
         seed: base seed; problem i uses seed + i unless per-problem seeds are passed.
         lo_inner_samples: non-minimal samples of the inner RANSAC in the local optimisation of each new best
             minimal model (LO-RANSAC, Chum et al. 2003): subsets of 3 k inliers (k: minimal sample size) fitted
-            with the non-minimal refit, the best by score continues; 0 disables. It runs for models whose
-            inliers are fewer than half of the valid points: above that the main loop's samples are mostly
-            all-inlier already (at 30% outliers it bought 0.1 AUC@5 for 20% of the time). None takes the model's
+            with the non-minimal refit, the best by score continues; 0 disables. None takes the model's
             ``lo_inner_samples``: 16 for the essential and fundamental matrices (at 60% outliers it lifts the
             relative-pose AUC@5 by about one point and cuts F's held-out Sampson error by 14%, for 10-20% more
             time), 0 for the homography, PnP and rigid models, where it measured no accuracy gain.
@@ -160,7 +158,6 @@ _GROWTH_LOG2 = 4  # round sizes grow up to H * 2^4 for problems that need many h
 _LO_RADIUS = 3.0  # the nonlinear LO step sees the points within this many thresholds of the model it starts from
 _INNER_STREAM = 1 << 21  # round offset of the inner-RANSAC draws of the local optimisation
 _INNER_FACTOR = 3  # inner RANSAC samples have this many times the minimal sample size
-_INNER_MAX_RATIO = 0.5  # the inner RANSAC runs for models with an inlier ratio below this (see RansacOptions)
 
 
 def required_iterations(inlier_ratio: Tensor, k: int, confidence: float) -> Tensor:
@@ -233,33 +230,25 @@ def _inner_ransac(model: RobustModel, data, ctx, valid: Tensor, th: Tensor, r2: 
     a basin that a refit on all inliers stays in. Draws are counter-based on (seed, ``counter``) like the main
     samples, so they do not depend on the rest of the batch.
     """
-    nb = valid.shape[0]
+    nb, N = valid.shape
     m = _INNER_FACTOR * model.sample_size
     inl = inlier_mask(r2, valid, th)
     n_in = inl.sum(-1)
-    out = torch.zeros(nb, *model.param_shape, dtype=r2.dtype, device=r2.device)
-    found = torch.zeros(nb, dtype=torch.bool, device=r2.device)
-    rows = ((n_in > m) & (n_in < _INNER_MAX_RATIO * valid.sum(-1))).nonzero()[:, 0]
-    if rows.numel() == 0:
-        return out, found
-    b = rows.numel()
-    data, ctx, valid, th = tuple(x[rows] for x in data), tuple(c[rows] for c in ctx), valid[rows], th[rows]
-    order = torch.argsort((~inl[rows]).to(torch.uint8), dim=-1, stable=True)  # inliers first
-    ranks = sample_subsets(n_in[rows], m, L, seeds[rows], _INNER_STREAM, first=counter[rows] * L)  # (b, L, m)
-    idx = torch.gather(order, 1, ranks.reshape(b, L * m)).reshape(b, L, m)
-    sample = tuple(_gather_rows(x, idx).reshape(b * L, m, x.shape[-1]) for x in data)
+    can = n_in > m
+    order = torch.argsort((~inl).to(torch.uint8), dim=-1, stable=True)  # inliers first
+    ranks = sample_subsets(n_in, m, L, seeds, _INNER_STREAM, first=counter * L)  # (nb, L, m)
+    idx = torch.gather(order, 1, ranks.reshape(nb, L * m)).reshape(nb, L, m)
+    sample = tuple(_gather_rows(x, idx).reshape(nb * L, m, x.shape[-1]) for x in data)
     c_rep = tuple(c.repeat_interleave(L, dim=0) for c in ctx)
-    params, ok = model.refit(sample, torch.ones(b * L, m, dtype=r2.dtype, device=r2.device), c_rep)
-    params = params.reshape(b, L, *model.param_shape)
-    ok = ok.reshape(b, L) & torch.isfinite(params.flatten(2)).all(-1)
-    params = torch.where(ok.reshape(b, L, *([1] * len(model.param_shape))), params,
-                         torch.zeros((), dtype=params.dtype, device=params.device))
+    params, ok = model.refit(sample, torch.ones(nb * L, m, dtype=r2.dtype, device=r2.device), c_rep)
+    params = params.reshape(nb, L, *model.param_shape)
+    ok = ok.reshape(nb, L) & torch.isfinite(params.flatten(2)).all(-1) & can[:, None]
+    params = torch.where(ok.reshape(nb, L, *([1] * len(model.param_shape))), params, torch.zeros((), dtype=params.dtype,
+                                                                                              device=params.device))
     sc = _hypothesis_scores(model, params, data, ctx, valid, th, opts)
     sc = torch.where(ok, sc, torch.full_like(sc, -math.inf))
     top, arg = sc.max(dim=-1)
-    out[rows] = params[torch.arange(b, device=params.device), arg]
-    found[rows] = top > -math.inf
-    return out, found
+    return params[torch.arange(nb, device=params.device), arg], top > -math.inf
 
 
 def _score_params(model: RobustModel, params: Tensor, data, ctx, valid: Tensor, opts: RansacOptions,

@@ -4,8 +4,8 @@ A round draws H minimal samples for every still-running problem, solves them all
 model's minimal solver, scores every solution against every point of its problem, and keeps the best model per
 problem. Each problem stops on its own (adaptive termination from its best inlier ratio and the requested
 confidence) while the others continue; only unfinished problems are computed in later rounds. Problems are
-processed in chunks so that the (problems x hypotheses x solutions x points) residual tensor stays below
-``max_elements``.
+processed in chunks so that a round's residual work (problems x hypotheses x solutions x points scored) stays
+below ``max_elements``; residuals are turned into scores block by block, so that tensor is never stored whole.
 
 Local optimisation (LO-RANSAC) runs inside the loop on every new best *minimal* model of a problem (a
 hypothesis that beats the earlier minimal models, as in PoseLib / RansacLib): optionally an inner RANSAC of
